@@ -1,0 +1,1 @@
+"""Subcommands of ``deepmir``: one module each, with ``register(subparsers)``."""

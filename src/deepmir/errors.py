@@ -1,0 +1,10 @@
+"""Errors that reach a person: one line naming the file and the problem."""
+
+
+class InputError(Exception):
+    """Bad input. ``str(err)`` is one line: ``<file>: <problem>``."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
