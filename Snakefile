@@ -1,0 +1,17 @@
+# deepmir: cerebral microbleed and iron deposit detection from SWI, QSM and T2w (DEEPMIR).
+# Only wiring here: the config, the rule files of each stage, and the default target.
+# Usage: see README.md; every config key is documented in config/README.md.
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/synth.smk"
+include: "workflow/rules/inputs.smk"
+
+
+rule all:
+    """Default target: everything the configured stages produce."""
+    default_target: True
+    input:
+        ALL_TARGETS,

@@ -1,0 +1,315 @@
+"""The input layer: find participants (and sessions) in a BIDS dataset, check them against the
+data contract (``docs`` of the project: shared/docs/data-contract.md), and load the
+multi-echo GRE series as arrays with phase in radians.
+
+Every refusal is an :class:`InputError` naming the file and the problem. Checks come in two
+levels so that a cohort of thousands can be listed quickly:
+
+- :func:`check_headers` reads only NIfTI headers and JSON sidecars (missing files and fields,
+  echo gaps, 4D files, shape/affine mismatches, unreadable headers);
+- :func:`load_checked` reads the voxels (truncated files, NaN/Inf-only or all-zero volumes,
+  annotation labels other than 0/1/2).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from deepmir.dipole import b0_direction, voxel_sizes
+from deepmir.errors import InputError
+from deepmir.phase import phase_to_radians
+
+LABELS = (0, 1, 2)          # annotation dseg: background, microbleed, iron deposit
+AFFINE_TOL_MM = 1e-3
+ECHO_RE = re.compile(r"_echo-(\d+)_part-(mag|phase)_MEGRE\.nii(\.gz)?$")
+
+
+@dataclass
+class Record:
+    """Where one participant's (or subject-session's) files are."""
+    sub: str
+    ses: str | None
+    anat_dir: Path
+    mag: list = field(default_factory=list)
+    phase: list = field(default_factory=list)
+    t1w: Path | None = None
+    t2w: Path | None = None
+    annotation: Path | None = None
+
+    @property
+    def pid(self) -> str:
+        return self.sub if self.ses is None else f"{self.sub}_{self.ses}"
+
+    def sidecar(self, nifti: Path) -> Path:
+        return nifti.with_name(re.sub(r"\.nii(\.gz)?$", ".json", nifti.name))
+
+
+def _nifti(folder: Path, stem: str) -> Path | None:
+    """``stem.nii.gz`` or ``stem.nii`` in folder (refuse both at once)."""
+    found = [p for p in (folder / f"{stem}.nii.gz", folder / f"{stem}.nii") if p.exists()]
+    if len(found) > 1:
+        raise InputError(found[1], f"both {found[0].name} and {found[1].name} exist; keep one")
+    return found[0] if found else None
+
+
+def discover(bids_dir, annotations: str = "annotations") -> list[Record]:
+    """All participants (subject or subject-session) with their files, sorted by id."""
+    root = Path(bids_dir)
+    if not root.is_dir():
+        raise InputError(root, "BIDS directory does not exist")
+    if not (root / "dataset_description.json").is_file():
+        raise InputError(root / "dataset_description.json", "missing: not a BIDS dataset root")
+    subs = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("sub-"))
+    _check_participants_tsv(root, [s.name for s in subs])
+    seen: dict[str, Path] = {}
+    for sdir in subs:
+        key = sdir.name.lower()
+        if key in seen:
+            raise InputError(sdir, f"duplicate subject: same label as {seen[key].name} "
+                                   "(labels differing only in case)")
+        seen[key] = sdir
+    records = []
+    for sdir in subs:
+        sessions = sorted(p for p in sdir.iterdir() if p.is_dir() and p.name.startswith("ses-"))
+        units = [(s.name, s / "anat") for s in sessions] or [(None, sdir / "anat")]
+        for ses, anat in units:
+            rec = Record(sub=sdir.name, ses=ses, anat_dir=anat)
+            _find_files(rec, root, annotations)
+            records.append(rec)
+    if not records:
+        raise InputError(root, "no sub-* folders: the dataset has no participants")
+    return records
+
+
+def _check_participants_tsv(root: Path, subs: list[str]):
+    tsv = root / "participants.tsv"
+    if not tsv.exists():
+        return
+    lines = [ln.split("\t") for ln in tsv.read_text().splitlines() if ln.strip()]
+    if not lines or lines[0][0] != "participant_id":
+        raise InputError(tsv, "first column must be 'participant_id'")
+    ids = [ln[0].strip() for ln in lines[1:]]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise InputError(tsv, f"duplicate participant_id {', '.join(dup)}")
+
+
+def _find_files(rec: Record, root: Path, annotations: str):
+    prefix = rec.pid
+    if not rec.anat_dir.is_dir():
+        raise InputError(rec.anat_dir, "missing anat folder")
+    echoes: dict[str, dict[int, Path]] = {"mag": {}, "phase": {}}
+    for p in sorted(rec.anat_dir.iterdir()):
+        m = ECHO_RE.search(p.name)
+        if m and p.name.startswith(prefix + "_echo-"):
+            n, part = int(m.group(1)), m.group(2)
+            if n in echoes[part]:
+                raise InputError(p, f"echo {n} ({part}) given twice")
+            echoes[part][n] = p
+    if not echoes["mag"]:
+        raise InputError(rec.anat_dir / f"{prefix}_echo-1_part-mag_MEGRE.nii.gz",
+                         "missing: no magnitude echoes (MEGRE) for this participant")
+    n_echo = max(max(echoes["mag"]), max(echoes["phase"], default=0))
+    for n in range(1, n_echo + 1):
+        for part in ("mag", "phase"):
+            if n not in echoes[part]:
+                other = echoes["mag" if part == "phase" else "phase"].get(n)
+                what = "echo numbering gap" if other is None else f"{part} missing for echo {n}"
+                raise InputError(rec.anat_dir / f"{prefix}_echo-{n}_part-{part}_MEGRE.nii.gz",
+                                 f"missing ({what}; echoes must be numbered 1..{n_echo})")
+    rec.mag = [echoes["mag"][n] for n in range(1, n_echo + 1)]
+    rec.phase = [echoes["phase"][n] for n in range(1, n_echo + 1)]
+    rec.t1w = _nifti(rec.anat_dir, f"{prefix}_T1w")
+    rec.t2w = _nifti(rec.anat_dir, f"{prefix}_T2w")
+    ann_dir = root / "derivatives" / annotations / rec.sub
+    if rec.ses:
+        ann_dir = ann_dir / rec.ses
+    rec.annotation = _nifti(ann_dir / "anat", f"{prefix}_space-MEGRE_dseg")
+
+
+# header-level checks ---------------------------------------------------------------------
+
+def _header(path: Path):
+    if path.stat().st_size == 0:
+        raise InputError(path, "empty file")
+    try:
+        img = nib.load(str(path))
+    except Exception as err:  # nibabel raises several types for broken files
+        raise InputError(path, f"unreadable NIfTI ({type(err).__name__}: {str(err).splitlines()[0]})")
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise InputError(path, f"expected a 3D image, found {len(img.shape)}D with shape {img.shape}")
+    if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-9:
+        raise InputError(path, "the affine (sform/qform) is missing or singular")
+    return img, shape
+
+
+def _json(path: Path) -> dict:
+    if not path.exists():
+        raise InputError(path, "missing JSON sidecar")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(path, f"invalid JSON ({err})")
+    if not isinstance(meta, dict):
+        raise InputError(path, "JSON sidecar is not an object")
+    return meta
+
+
+def _number(meta, key, path, lo, hi, unit):
+    if key not in meta:
+        raise InputError(path, f"missing field {key}")
+    v = meta[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+        raise InputError(path, f"{key} must be a number, found {v!r}")
+    if not lo < v < hi:
+        raise InputError(path, f"{key} = {v} is outside the plausible range {lo}..{hi} {unit}")
+    return float(v)
+
+
+def check_headers(rec: Record, min_echoes: int = 1) -> dict:
+    """Header/JSON checks; returns the series description used by later stages."""
+    if len(rec.mag) < min_echoes:
+        raise InputError(rec.mag[0], f"{len(rec.mag)} echo(es) found, at least {min_echoes} needed")
+    ref_img, ref_shape = _header(rec.mag[0])
+    te, b0, sign, b0_dirs = [], [], [], []
+    for path in rec.mag + rec.phase:
+        img, shape = _header(path)
+        if shape != ref_shape:
+            raise InputError(path, f"shape {shape} differs from {rec.mag[0].name} {ref_shape}")
+        if not np.allclose(img.affine, ref_img.affine, atol=AFFINE_TOL_MM):
+            raise InputError(path, f"affine differs from {rec.mag[0].name}")
+    for n, (mpath, ppath) in enumerate(zip(rec.mag, rec.phase), start=1):
+        for path in (mpath, ppath):
+            meta = _json(rec.sidecar(path))
+            jpath = rec.sidecar(path)
+            t = _number(meta, "EchoTime", jpath, 0, 1.0, "s (EchoTime is in seconds)")
+            te.append((n, t, jpath))
+            b0.append((_number(meta, "MagneticFieldStrength", jpath, 0, 20, "T"), jpath))
+            if "PhaseSign" in meta:
+                if meta["PhaseSign"] not in (1, -1):
+                    raise InputError(jpath, f"PhaseSign must be 1 or -1, found {meta['PhaseSign']!r}")
+                sign.append(int(meta["PhaseSign"]))
+            if "B0_dir" in meta:
+                v = np.asarray(meta["B0_dir"], float)
+                if v.shape != (3,) or not np.isfinite(v).all() or np.linalg.norm(v) == 0:
+                    raise InputError(jpath, f"B0_dir must be 3 numbers, found {meta['B0_dir']!r}")
+                b0_dirs.append(v / np.linalg.norm(v))
+    echo_times = []
+    for n in range(1, len(rec.mag) + 1):
+        ts = [t for k, t, _ in te if k == n]
+        if max(ts) - min(ts) > 1e-6:
+            bad = [p for k, _, p in te if k == n][1]
+            raise InputError(bad, f"EchoTime {ts[1]} differs from magnitude echo {n} ({ts[0]})")
+        echo_times.append(ts[0])
+    for k in range(1, len(echo_times)):
+        if echo_times[k] <= echo_times[k - 1]:
+            bad = [p for n, _, p in te if n == k + 1][0]
+            raise InputError(bad, f"EchoTime {echo_times[k]} s is not after echo {k} "
+                                  f"({echo_times[k - 1]} s): echoes must be in order")
+    if max(v for v, _ in b0) - min(v for v, _ in b0) > 1e-3:
+        raise InputError(b0[-1][1], "MagneticFieldStrength differs between echoes")
+    if rec.annotation is not None:
+        img, shape = _header(rec.annotation)
+        if shape != ref_shape or not np.allclose(img.affine, ref_img.affine, atol=AFFINE_TOL_MM):
+            raise InputError(rec.annotation, f"annotation grid {shape} does not match the MEGRE "
+                                             f"grid {ref_shape} of {rec.mag[0].name}")
+    for path in (rec.t1w, rec.t2w):
+        if path is not None:
+            _header(path)
+    affine = ref_img.affine
+    b0_dir = b0_dirs[0] if b0_dirs else b0_direction(affine)
+    return {
+        "EchoTime": echo_times,
+        "MagneticFieldStrength": b0[0][0],
+        "B0_dir": [float(x) for x in b0_dir],
+        "B0_dir_source": "JSON B0_dir" if b0_dirs else "affine",
+        "PhaseSign": sign[0] if sign else None,
+        "VoxelSize": [float(x) for x in voxel_sizes(affine)],
+        "Shape": list(ref_shape),
+    }
+
+
+# data-level checks -----------------------------------------------------------------------
+
+def _data(path: Path, shape) -> np.ndarray:
+    try:
+        a = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+    except Exception as err:
+        raise InputError(path, f"unreadable or truncated NIfTI data ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0] if str(err) else 'no detail'})")
+    return a.reshape(shape)
+
+
+def _finite_volume(a: np.ndarray, path: Path, kind: str):
+    finite = np.isfinite(a)
+    if not finite.any():
+        raise InputError(path, f"{kind} volume has no finite values (all NaN/Inf)")
+    if not np.any(a[finite] != 0):
+        raise InputError(path, f"{kind} volume is all zero")
+
+
+def load_series(rec: Record, info: dict | None = None, phase_unit: str = "auto"):
+    """Checked magnitude and phase (radians) as 4D float32 arrays (echoes last), the affine,
+    and the series description (``info`` of :func:`check_headers` plus ``PhaseConversion``)."""
+    info = dict(info or check_headers(rec))
+    shape = tuple(info["Shape"])
+    mags, phases = [], []
+    for path in rec.mag:
+        a = _data(path, shape)
+        _finite_volume(a, path, "magnitude")
+        if np.nanmin(a) < 0:
+            raise InputError(path, "magnitude has negative values (is this a phase image?)")
+        mags.append(np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0))
+    for path in rec.phase:
+        a = _data(path, shape)
+        if not np.isfinite(a).any():
+            raise InputError(path, "phase volume has no finite values (all NaN/Inf)")
+        if np.nanmax(a) == np.nanmin(a):
+            raise InputError(path, f"phase volume is constant ({np.nanmax(a):g})")
+        phases.append(a)
+    converted = [phase_to_radians(a, assume=phase_unit) for a in phases]
+    rad = np.nan_to_num(np.stack([r for r, _ in converted], axis=-1), nan=0.0)
+    info["PhaseConversion"] = [f"echo {n}: {how}" for n, (_, how) in enumerate(converted, 1)]
+    affine = nib.load(str(rec.mag[0])).affine
+    return np.stack(mags, axis=-1), rad, affine, info
+
+
+def load_annotation(rec: Record, shape) -> np.ndarray | None:
+    if rec.annotation is None:
+        return None
+    a = _data(rec.annotation, tuple(shape))
+    if not np.isfinite(a).all():
+        raise InputError(rec.annotation, "annotation has NaN/Inf values")
+    values = np.unique(a)
+    bad = [v for v in values if v not in LABELS]
+    if bad:
+        shown = ", ".join(f"{v:g}" for v in bad[:5])
+        raise InputError(rec.annotation, f"labels must be 0 (background), 1 (microbleed) or "
+                                         f"2 (iron deposit); found {shown}")
+    return a.astype(np.uint8)
+
+
+def load_checked(rec: Record, min_echoes: int = 1, phase_unit: str = "auto", info=None):
+    """Every check, header and voxel level; returns what :func:`load_series` returns."""
+    info = info or check_headers(rec, min_echoes)
+    mag, rad, affine, info = load_series(rec, info, phase_unit)
+    load_annotation(rec, info["Shape"])
+    for path, kind in ((rec.t1w, "T1w"), (rec.t2w, "T2w")):
+        if path is not None:
+            _finite_volume(_data(path, _header(path)[1]), path, kind)
+    return mag, rad, affine, info
+
+
+def find(records: list[Record], pid: str) -> Record:
+    for rec in records:
+        if rec.pid == pid:
+            return rec
+    raise KeyError(pid)

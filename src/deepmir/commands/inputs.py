@@ -1,0 +1,80 @@
+"""``deepmir validate`` (check a BIDS dataset against the data contract) and ``deepmir inputs``
+(one participant's checked MEGRE series as 4D magnitude, 4D phase in radians and a JSON
+description: the first stage of the workflow)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from deepmir import bids, niio
+from deepmir.errors import InputError
+
+
+def register(sub):
+    p = sub.add_parser("validate", help="check a BIDS dataset against the data contract",
+                       description=__doc__)
+    p.add_argument("bids_dir")
+    p.add_argument("--annotations", default="annotations",
+                   help="derivatives folder with the dseg annotations (default: annotations)")
+    p.add_argument("--headers-only", action="store_true",
+                   help="skip the voxel-level checks (fast)")
+    p.add_argument("--min-echoes", type=int, default=1)
+    p.set_defaults(func=run_validate)
+
+    p = sub.add_parser("inputs", help="one participant's checked MEGRE series (workflow stage)")
+    p.add_argument("--bids-dir", required=True)
+    p.add_argument("--pid", required=True, help="sub-X or sub-X_ses-Y")
+    p.add_argument("--annotations", default="annotations")
+    p.add_argument("--phase-sign", type=int, choices=(1, -1), default=1,
+                   help="used when the phase JSON has no PhaseSign")
+    p.add_argument("--phase-unit", default="auto", choices=("auto", "radians", "siemens", "rescale"))
+    p.add_argument("--min-echoes", type=int, default=1)
+    p.add_argument("--mag", required=True, help="output 4D magnitude")
+    p.add_argument("--phase", required=True, help="output 4D phase (radians)")
+    p.add_argument("--json", required=True, help="output series description")
+    p.set_defaults(func=run_inputs)
+
+
+def run_validate(args) -> int:
+    records = bids.discover(args.bids_dir, args.annotations)
+    errors = 0
+    print(f"{'participant':<20} {'echoes':>6} {'matrix':>15} {'voxel (mm)':>16} {'TE (ms)':<24} "
+          f"{'T1w':>3} {'T2w':>3} {'annot':>5}  status")
+    for rec in records:
+        try:
+            info = bids.check_headers(rec, args.min_echoes)
+            if not args.headers_only:
+                info = bids.load_checked(rec, info=info)[3]
+            status = "ok"
+        except InputError as err:
+            errors += 1
+            print(f"{rec.pid:<20} error: {err}")
+            continue
+        te = "/".join(f"{1000 * t:g}" for t in info["EchoTime"])
+        vs = "x".join(f"{v:.2g}" for v in info["VoxelSize"])
+        print(f"{rec.pid:<20} {len(rec.mag):>6} {'x'.join(map(str, info['Shape'])):>15} {vs:>16} "
+              f"{te:<24} {'y' if rec.t1w else '-':>3} {'y' if rec.t2w else '-':>3} "
+              f"{'y' if rec.annotation else '-':>5}  {status}")
+    n_ann = sum(r.annotation is not None for r in records)
+    print(f"{len(records)} participant(s), {n_ann} annotated, {errors} with errors")
+    return 1 if errors else 0
+
+
+def run_inputs(args) -> int:
+    rec = bids.find(bids.discover(args.bids_dir, args.annotations), args.pid)
+    mag, rad, affine, info = bids.load_checked(rec, args.min_echoes, args.phase_unit)
+    if info["PhaseSign"] is None:
+        info["PhaseSign"] = args.phase_sign
+        info["PhaseSign_source"] = "config"
+    else:
+        info["PhaseSign_source"] = "JSON"
+    info.update(participant=rec.pid, T1w=_str(rec.t1w), T2w=_str(rec.t2w),
+                Annotation=_str(rec.annotation), Magnitude=[str(p) for p in rec.mag],
+                Phase=[str(p) for p in rec.phase])
+    niio.save(args.mag, mag, affine)
+    niio.save(args.phase, rad, affine)
+    niio.write_json(args.json, info)
+    return 0
+
+
+def _str(p):
+    return None if p is None else str(Path(p))

@@ -1,0 +1,65 @@
+"""Settings of the synthetic cohort: presets ``demo`` and ``paper``, overridden key by key by
+the user's ``synth`` config section (documented in config/README.md)."""
+from __future__ import annotations
+
+import copy
+
+BASE = {
+    "seed": 1,
+    "n_participants": 4,
+    "size_variation": 0.06,          # ± fraction of head size per axis
+    "deformation_mm": 2.5,           # amplitude of the smooth random deformation
+    "head_tilt_deg": [8.0, 3.0, 3.0],  # max head rotation in the scanner (x, y, z)
+    "motion_mm": 3.0,                # max rigid motion of T1w/T2w relative to the GRE series
+    "motion_deg": 3.0,
+    "bias_strength": 0.25,           # multiplicative bias field of T1w/T2w spans 1 ± this
+    "shim_ppm": 0.1,                 # std of the 2nd-order shim residual coefficients
+    "pad_factor": 1.5,               # zero padding of the dipole convolution
+    "sim_extent_mm": 230,            # simulated extent along the slice axis (whole head)
+    "gre": {
+        "matrix": [128, 160, 72], "voxel_size": [1.5, 1.5, 2.25], "oversample": [2, 2, 2],
+        "orientation": "RAS", "oblique_deg": 0.0,
+        "echo_times": [0.0075, 0.015, 0.0225, 0.03], "field_strength": 3.0, "snr": 40.0,
+        "phase_sign": 1, "phase_encoding": "radians",
+    },
+    "anat": {"voxel_size": 1.5, "fov_mm": [176, 224, 200], "orientation": "RAS", "noise": 0.015},
+    "lesions": {
+        # [min, max, weight]: a bin is drawn by weight, then a count uniformly in [min, max]
+        "cmb_count_bins": [[0, 0, 4], [1, 2, 13], [3, 8, 6], [120, 120, 1]],
+        "cmb_region_weights": {"lobar": 0.7, "deep": 0.2, "infratentorial": 0.1},
+        "cmb_median_diameter_mm": 2.6,
+        "iron_count_bins": [[0, 0, 5], [1, 4, 19]],
+        "iron_bilateral_prob": 0.6,
+        "vein_count_bins": [[3, 6, 1]],
+        "calcification_count_bins": [[0, 0, 1], [1, 2, 1]],
+        "epvs_count_bins": [[3, 8, 1]],
+    },
+}
+
+PRESETS = {
+    "demo": {},
+    "paper": {
+        "n_participants": 24,
+        "gre": {"matrix": [192, 256, 112], "voxel_size": [1.0, 1.0, 1.5], "oversample": [1, 1, 2]},
+        "anat": {"voxel_size": 1.0},
+    },
+}
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def settings(user: dict | None = None) -> dict:
+    """The full settings: BASE, then the preset named by ``scale`` (default demo), then user."""
+    user = dict(user or {})
+    scale = user.pop("scale", "demo")
+    if scale not in PRESETS:
+        raise ValueError(f"synth.scale must be one of {sorted(PRESETS)}, got {scale!r}")
+    return merge(merge(BASE, PRESETS[scale]), user)

@@ -1,0 +1,133 @@
+"""The synthetic cohort against its own specification: signal model, phase sign, truth
+consistency, lesion classes, determinism."""
+import numpy as np
+import pytest
+
+from deepmir import GAMMA_BAR_HZ_PER_T
+from deepmir.synth import anatomy as A
+from deepmir.synth.cohort import TISSUE_TABLE, gre_signal, simulate
+from deepmir.synth.config import settings
+
+
+def test_gre_signal_decay_and_phase_sign():
+    te = np.array([0.005, 0.01, 0.02, 0.03])
+    r2s = np.float32(25.0)
+    omega = 2 * np.pi * GAMMA_BAR_HZ_PER_T * 3.0 * 1e-6
+    for sign in (1, -1):
+        s = np.array([gre_signal(np.float32(1.0), r2s, np.float32(0.05), t, sign * omega) for t in te])
+        assert np.allclose(np.abs(s), np.exp(-25.0 * te), rtol=1e-5)
+        # paramagnetic (positive field) → phase grows with TE in the PhaseSign direction
+        dphi = np.angle(s[1] * np.conj(s[0]))
+        assert dphi * sign > 0
+        assert dphi == pytest.approx(sign * omega * 0.05 * 0.005, rel=1e-4)
+
+
+def test_magnitude_decays_at_the_configured_r2star(tiny_sim):
+    t = tiny_sim["truth"]
+    te = tiny_sim["echo_times"]
+    mag = np.stack(tiny_sim["mag"], -1)
+    # deep white matter: homogeneous tissue, far from air (no intra-voxel dephasing)
+    wm = (t["tissue"] == A.WM) & (t["lesions"] == 0)
+    from scipy import ndimage as ndi
+    wm = ndi.binary_erosion(wm, iterations=1)
+    assert wm.sum() > 200
+    est = np.log(mag[wm][:, 0] / mag[wm][:, -1]) / (te[-1] - te[0])
+    assert np.median(est) == pytest.approx(np.median(t["r2s"][wm]), rel=0.12)
+
+
+def test_phase_follows_the_total_field_with_the_documented_sign(tiny_sim, tiny_cfg):
+    t = tiny_sim["truth"]
+    te = tiny_sim["echo_times"]
+    omega = 2 * np.pi * GAMMA_BAR_HZ_PER_T * tiny_cfg["gre"]["field_strength"] * 1e-6
+    sign = tiny_cfg["gre"]["phase_sign"]
+    z1 = tiny_sim["mag"][0] * np.exp(1j * tiny_sim["phase"][0])
+    z2 = tiny_sim["mag"][1] * np.exp(1j * tiny_sim["phase"][1])
+    dphi = np.angle(z2 * np.conj(z1))
+    expected = sign * omega * t["total_field"] * (te[1] - te[0])
+    sel = t["brain"] & (np.abs(expected) < 2.5)
+    err = np.angle(np.exp(1j * (dphi[sel] - expected[sel])))
+    assert np.mean(np.abs(err) < 0.3) > 0.9
+
+
+def test_truth_is_consistent(tiny_sim):
+    t = tiny_sim["truth"]
+    table = t["table"]
+    assert set(table.cls) >= {"cmb", "iron", "calcification"}
+    for row in table.itertuples():
+        where = t["lesions"] == row.lesion_id
+        if row.label:  # annotated classes are present in the dseg with their label
+            assert where.any()
+            assert np.all(t["dseg"][where] == row.label)
+        if row.cls == "cmb":
+            assert row.delta_chi_ppm > 0 and t["chi"][where].mean() > 0.2
+        if row.cls == "calcification":
+            assert row.delta_chi_ppm < 0
+            if where.any():
+                assert t["chi"][where].mean() < 0
+        if row.cls == "iron":
+            assert row.region == "basal_ganglia"
+    # mimics are never labelled
+    mimic_ids = table.lesion_id[table.label == 0].to_numpy()
+    assert not np.any(t["dseg"][np.isin(t["lesions"], mimic_ids)])
+    # the brain is surrounded by a head: skull and scalp exist, air outside, a sinus
+    tissue = t["tissue"]
+    assert {A.SKULL, A.SCALP, A.AIR}.issubset(np.unique(tissue))
+    # χ map equals the tissue table where there is no lesion
+    plain = (t["lesions"] == 0) & (tissue == A.CAUDATE)
+    assert plain.any()
+
+
+def test_same_seed_same_participant(tiny_cfg, tiny_sim):
+    again = simulate(tiny_cfg, tiny_cfg["seed"], 0)
+    assert np.array_equal(again["mag"][0], tiny_sim["mag"][0])
+    assert np.array_equal(again["truth"]["dseg"], tiny_sim["truth"]["dseg"])
+    other = simulate(tiny_cfg, tiny_cfg["seed"], 1)
+    assert not np.array_equal(other["truth"]["dseg"], tiny_sim["truth"]["dseg"])
+
+
+def test_lesion_counts_follow_the_configured_bins():
+    from deepmir.synth.phantom import _count
+    rng = np.random.default_rng(0)
+    bins = settings()["lesions"]["cmb_count_bins"]
+    counts = np.array([_count(rng, bins) for _ in range(4000)])
+    w = np.array([b[2] for b in bins], float)
+    w /= w.sum()
+    assert np.mean(counts == 0) == pytest.approx(w[0], abs=0.03)
+    assert np.mean((counts >= 1) & (counts <= 2)) == pytest.approx(w[1], abs=0.03)
+    assert np.mean(counts == 120) == pytest.approx(w[3], abs=0.02)
+
+
+def test_anat_truth_transform_maps_the_brain(tiny_sim):
+    """The true T1w→MEGRE transform carries the T1w brain mask onto the MEGRE brain mask."""
+    from deepmir.montage import resample_onto
+    t1 = tiny_sim["anat"]["T1w"]
+    moved = resample_onto(t1["brain"].astype(np.float32), t1["affine"], tiny_sim["truth"]["brain"].shape,
+                          tiny_sim["gre_affine"], t1["xfm_to_gre"]) > 0.5
+    ref = tiny_sim["truth"]["brain"]
+    dice = 2 * (moved & ref).sum() / (moved.sum() + ref.sum())
+    assert dice > 0.9
+    # and without the transform (the head moved between series) it is worse
+    unmoved = resample_onto(t1["brain"].astype(np.float32), t1["affine"], ref.shape,
+                            tiny_sim["gre_affine"]) > 0.5
+    assert 2 * (unmoved & ref).sum() / (unmoved.sum() + ref.sum()) < dice
+
+
+def test_written_cohort_passes_validation_and_reads_back(tiny_bids, tiny_sim, capsys, tmp_path):
+    from deepmir import bids
+    from deepmir.cli import main
+    assert main(["validate", str(tiny_bids)]) == 0
+    assert "1 participant(s), 1 annotated, 0 with errors" in capsys.readouterr().out
+    out = tmp_path / "inputs"
+    assert main(["inputs", "--bids-dir", str(tiny_bids), "--pid", "sub-001", "--mag", str(out / "m.nii.gz"),
+                 "--phase", str(out / "p.nii.gz"), "--json", str(out / "i.json")]) == 0
+    from deepmir import niio
+    phase, aff = niio.load(out / "p.nii.gz")
+    assert np.allclose(phase[..., 2], tiny_sim["phase"][2], atol=1e-6)
+    assert np.allclose(aff, tiny_sim["gre_affine"], atol=1e-5)
+    info = niio.read_json(out / "i.json")
+    assert info["EchoTime"] == pytest.approx(list(tiny_sim["echo_times"]))
+    assert info["PhaseSign"] == 1 and info["PhaseSign_source"] == "JSON"
+    table = __import__("pandas").read_csv(tiny_bids / "derivatives/truth/sub-001/anat/sub-001_lesions.tsv", sep="\t")
+    assert len(table) == len(tiny_sim["truth"]["table"])
+    xfm = np.loadtxt(tiny_bids / "derivatives/truth/sub-001/anat/sub-001_from-T2w_to-MEGRE_xfm.txt")
+    assert np.allclose(xfm, tiny_sim["anat"]["T2w"]["xfm_to_gre"], atol=1e-6)

@@ -1,0 +1,113 @@
+# Shared by every rule file: config validation, the participant list and the one helper that
+# builds every path (see docs/conventions.md).
+import json
+import os
+import sys
+
+from snakemake.utils import validate
+
+from deepmir import bids as _bids
+from deepmir.errors import InputError
+from deepmir.synth import write as _synth_write
+from deepmir.synth.cohort import participant_ids as _synth_ids
+from deepmir.synth.config import settings as _synth_settings
+
+validate(config, "../schemas/config.schema.yaml")
+
+# jobs call the `deepmir` command of the environment that runs Snakemake (.venv/bin when
+# started as .venv/bin/snakemake), unless --sdm conda gives each rule its env from envs/
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+
+OUT = str(config["output_dir"]).rstrip("/")
+ANNOTATIONS = config["annotations"]
+SYNTHETIC = not config.get("bids_dir")
+BIDS = f"{OUT}/synthetic_bids" if SYNTHETIC else str(config["bids_dir"]).rstrip("/")
+
+wildcard_constraints:
+    pid=r"sub-[A-Za-z0-9]+(_ses-[A-Za-z0-9]+)?",
+
+
+def _select(pids):
+    wanted = config.get("participants") or pids
+    missing = sorted(set(wanted) - set(pids))
+    if missing:
+        sys.exit(f"deepmir: error: config participants not in the dataset: {', '.join(missing)}")
+    return [p for p in pids if p in wanted]
+
+
+if SYNTHETIC:
+    SYNTH = _synth_settings(config.get("synth"))
+    N_ECHOES = len(SYNTH["gre"]["echo_times"])
+    PIDS = _select(_synth_ids(SYNTH["n_participants"]))
+    RECORDS = {}
+    ANNOTATED = list(PIDS)
+else:
+    # header-level validation of every participant before any job starts; the voxel-level
+    # checks run in each participant's `inputs` job, the first job of its chain
+    try:
+        RECORDS = {r.pid: r for r in _bids.discover(BIDS, ANNOTATIONS)}
+        PIDS = _select(sorted(RECORDS))
+        for _pid in PIDS:
+            _bids.check_headers(RECORDS[_pid], config["min_echoes"])
+    except InputError as _err:
+        sys.exit(f"deepmir: error: {_err}")
+    ANNOTATED = [p for p in PIDS if RECORDS[p].annotation is not None]
+
+
+def out(stage, pid, name):
+    """{output_dir}/{stage}/{pid}/{pid}_{name}: every per-participant output path."""
+    return f"{OUT}/{stage}/{pid}/{pid}_{name}"
+
+
+def log_path(stage, pid):
+    return f"logs/{stage}/{pid}.log"
+
+
+def bench_path(stage, pid):
+    return f"benchmarks/{stage}/{pid}.tsv"
+
+
+def _anat_dir(pid):
+    sub, _, ses = pid.partition("_")
+    return f"{BIDS}/{sub}/{ses}/anat" if ses else f"{BIDS}/{sub}/anat"
+
+
+def anat_path(pid, suffix):
+    """The participant's raw T1w or T2w, or None when it has none."""
+    if SYNTHETIC:
+        return f"{_anat_dir(pid)}/{pid}_{suffix}.nii.gz"
+    p = getattr(RECORDS[pid], suffix.lower())
+    return None if p is None else str(p)
+
+
+def has_anat(pid, suffix):
+    return anat_path(pid, suffix) is not None
+
+
+def annotation_path(pid):
+    """The participant's annotation dseg on the MEGRE grid, or None."""
+    if SYNTHETIC:
+        sub, _, ses = pid.partition("_")
+        return f"{BIDS}/derivatives/{ANNOTATIONS}/{sub}/anat/{pid}_space-MEGRE_dseg.nii.gz"
+    p = RECORDS[pid].annotation
+    return None if p is None else str(p)
+
+
+def truth_path(pid, name):
+    """Ground truth of the synthetic cohort (only when SYNTHETIC)."""
+    return f"{BIDS}/derivatives/{_synth_write.TRUTH}/{pid}/anat/{pid}_{name}"
+
+
+def raw_inputs(pid):
+    """Every raw file of a participant (so that a changed input re-runs its chain)."""
+    if SYNTHETIC:
+        return [f"{BIDS}/{f}" for f in _synth_write.participant_files(pid, N_ECHOES, ANNOTATIONS)
+                if "derivatives/truth" not in f]
+    r = RECORDS[pid]
+    files = r.mag + r.phase + [r.sidecar(p) for p in r.mag + r.phase]
+    files += [p for p in (r.t1w, r.t2w, r.annotation) if p is not None]
+    return [str(p) for p in files]
+
+
+# targets that each rule file adds to; rule `all` (in the Snakefile) requires them all
+ALL_TARGETS = []

@@ -1,0 +1,56 @@
+# The first job of every participant: check its files against the data contract (voxel-level;
+# the header-level checks ran when the workflow was parsed) and write the MEGRE series as
+# 4D magnitude and 4D phase in radians with a JSON description.
+
+
+rule inputs:
+    input:
+        lambda wc: raw_inputs(wc.pid),
+    output:
+        mag=out("inputs", "{pid}", "part-mag_MEGRE.nii.gz"),
+        phase=out("inputs", "{pid}", "part-phase_MEGRE.nii.gz"),
+        json=out("inputs", "{pid}", "MEGRE.json"),
+    params:
+        phase_sign=config["phase_sign"],
+        phase_unit=config["phase_unit"],
+        min_echoes=config["min_echoes"],
+    conda:
+        "../../envs/base.yaml"
+    log:
+        log_path("inputs", "{pid}"),
+    benchmark:
+        bench_path("inputs", "{pid}")
+    resources:
+        mem_mb=lambda wc, attempt: 3000 * attempt,
+        runtime=10,
+    shell:
+        "deepmir inputs --bids-dir {BIDS} --pid {wildcards.pid} --annotations {ANNOTATIONS} "
+        "--phase-sign {params.phase_sign} --phase-unit {params.phase_unit} "
+        "--min-echoes {params.min_echoes} --mag {output.mag} --phase {output.phase} "
+        "--json {output.json} > {log} 2>&1"
+
+
+rule montage:
+    """A look at the raw data of one participant through its largest lesion."""
+    input:
+        mag=rules.inputs.output.mag,
+        phase=rules.inputs.output.phase,
+        info=rules.inputs.output.json,
+    output:
+        report(f"{OUT}/report/inputs/{{pid}}_montage.png", caption="../report/montage.rst",
+               category="Inputs", subcategory="{pid}"),
+    params:
+        t2w=lambda wc: anat_path(wc.pid, "T2w") or "",
+        labels=lambda wc: annotation_path(wc.pid) or "",
+        xfm=lambda wc: truth_path(wc.pid, "from-T2w_to-MEGRE_xfm.txt") if SYNTHETIC else "",
+    conda:
+        "../../envs/base.yaml"
+    log:
+        log_path("montage", "{pid}"),
+    shell:
+        "deepmir montage --mag {input.mag} --phase {input.phase} --info {input.info} "
+        "--t2w {params.t2w:q} --labels {params.labels:q} --xfm {params.xfm:q} "
+        "--output {output} > {log} 2>&1"
+
+
+ALL_TARGETS += expand(rules.montage.output[0], pid=PIDS)
