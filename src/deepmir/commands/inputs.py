@@ -50,7 +50,7 @@ def run_validate(args) -> int:
             print(f"{rec.pid:<20} error: {err}")
             continue
         te = "/".join(f"{1000 * t:g}" for t in info["EchoTime"])
-        vs = "x".join(f"{v:.2g}" for v in info["VoxelSize"])
+        vs = "x".join(f"{v:.3g}" for v in info["VoxelSize"])
         print(f"{rec.pid:<20} {len(rec.mag):>6} {'x'.join(map(str, info['Shape'])):>15} {vs:>16} "
               f"{te:<24} {'y' if rec.t1w else '-':>3} {'y' if rec.t2w else '-':>3} "
               f"{'y' if rec.annotation else '-':>5}  {status}")

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from scipy import ndimage as ndi
 
-from deepmir import GAMMA_BAR_HZ_PER_T, niio
+from deepmir import GAMMA_BAR_HZ_PER_T, niio, regions
 from deepmir.dipole import b0_direction, dipole_field, voxel_sizes
 from deepmir.synth import anatomy as A
 from deepmir.synth.phantom import LABEL_OF_CLASS, draw_participant, render, rigid
@@ -187,7 +187,7 @@ def simulate(cfg: dict, seed: int, index: int) -> dict:
     anat = {}
     for k, name in enumerate(("T1w", "T2w")):
         anat[name] = _anat_image(p, rng, cfg, name.lower(), pose_gre)
-    return {"participant": p, "gre_affine": aff, "mag": [np.abs(s).astype(np.float32) for s in noisy],
+    return {"participant": p, "pose_gre": pose_gre, "gre_affine": aff, "mag": [np.abs(s).astype(np.float32) for s in noisy],
             "phase": [np.angle(s).astype(np.float32) for s in noisy], "echo_times": te,
             "noise_sigma": float(sigma), "truth": truth, "anat": anat, "phi0": phi0}
 
@@ -225,57 +225,34 @@ def _lesion_truth(p, r, sim_shape, o, ext, shape, aff, fine_voxel_volume):
     dseg = label_of[lesion_map]
     fine_count = np.bincount(lid, minlength=len(label_of))
     hm = A.head_model()
+    voxel_volume = float(abs(np.linalg.det(aff[:3, :3])))
     rows = []
     for les in p.lesions:
         vox_ijk = np.argwhere(lesion_map == les.id)
         cen = vox_ijk.mean(0) if len(vox_ijk) else np.full(3, np.nan)
         mm = aff[:3, :3] @ cen + aff[:3, 3]
-        volume = fine_count[les.id] * fine_voxel_volume
-        group, region, hemi = _region(hm, p, les.centre)
-        tissue_chi = _surrounding_chi(hm, p, les.centre)
+        shape_volume = fine_count[les.id] * fine_voxel_volume
+        mni = p.to_mni(np.atleast_2d(les.centre))
+        group, region, hemi = regions.region_of(hm, mni)[0]
+        tissue_chi = _surrounding_chi(hm, mni)
         dchi = les.chi if les.cls in ("cmb", "iron", "calcification") else les.chi - tissue_chi
         rows.append(dict(lesion_id=les.id, cls=les.cls, label=LABEL_OF_CLASS[les.cls],
                          centroid_i=cen[0], centroid_j=cen[1], centroid_k=cen[2],
                          centroid_x_mm=mm[0], centroid_y_mm=mm[1], centroid_z_mm=mm[2],
-                         n_voxels=len(vox_ijk), volume_mm3=volume, delta_chi_ppm=dchi,
-                         moment_ppm_mm3=dchi * volume, region_group=group, region=region,
+                         n_voxels=len(vox_ijk), volume_mm3=len(vox_ijk) * voxel_volume,
+                         shape_volume_mm3=shape_volume, delta_chi_ppm=dchi,
+                         moment_ppm_mm3=dchi * shape_volume, region_group=group, region=region,
                          hemisphere=hemi))
     table = pd.DataFrame(rows, columns=["lesion_id", "cls", "label", "centroid_i", "centroid_j",
                                         "centroid_k", "centroid_x_mm", "centroid_y_mm",
-                                        "centroid_z_mm", "n_voxels", "volume_mm3",
+                                        "centroid_z_mm", "n_voxels", "volume_mm3", "shape_volume_mm3",
                                         "delta_chi_ppm", "moment_ppm_mm3", "region_group",
                                         "region", "hemisphere"])
     return lesion_map, dseg, table
 
 
-def _mni_lookup(hm, p, head_mm, volume, order=0):
-    mni = p.to_mni(np.atleast_2d(head_mm))
-    ijk = (mni - hm.affine[:3, 3]) @ np.linalg.inv(hm.affine[:3, :3]).T
-    return ndi.map_coordinates(volume, ijk.T, order=order, mode="nearest")[0], mni[0]
-
-
-def _region(hm, p, head_mm):
-    """MARS-style region of a point: (group, region, hemisphere)."""
-    tissue, mni = _mni_lookup(hm, p, head_mm, hm.labels)
-    lobe, _ = _mni_lookup(hm, p, head_mm, hm.lobes)
-    cdist, _ = _mni_lookup(hm, p, head_mm, hm.cortex_dist, order=1)
-    hemi = "M" if abs(mni[0]) < 3 and tissue in (A.BRAINSTEM,) else ("L" if mni[0] < 0 else "R")
-    if tissue in (A.CAUDATE, A.PUTAMEN, A.PALLIDUM):
-        return "deep", "basal_ganglia", hemi
-    if tissue == A.THALAMUS:
-        return "deep", "thalamus", hemi
-    if tissue == A.BRAINSTEM:
-        return "infratentorial", "brainstem", hemi
-    if tissue in (A.CEREBELLUM_GM, A.CEREBELLUM_WM):
-        return "infratentorial", "cerebellum", hemi
-    if lobe > 0 and cdist <= 3:
-        return "lobar", A.LOBES[int(lobe)], hemi
-    return "deep", "deep_white_matter", hemi
-
-
-def _surrounding_chi(hm, p, head_mm):
-    tissue, _ = _mni_lookup(hm, p, head_mm, hm.labels)
-    return float(TISSUE_TABLE["chi"][int(tissue)])
+def _surrounding_chi(hm, mni):
+    return float(TISSUE_TABLE["chi"][int(regions.lookup(hm, mni, hm.labels)[0])])
 
 
 def _anat_image(p, rng, cfg, which, pose_gre):
