@@ -1,0 +1,107 @@
+"""``deepmir census`` (lesion census of one participant) and ``deepmir cohort-table`` (one row
+per participant with counts by class × region × size, and a cohort summary)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from deepmir import niio
+from deepmir.errors import InputError
+
+
+def register(sub):
+    p = sub.add_parser("census", help="lesion census of one participant (TSV)")
+    p.add_argument("--labels", required=True, help="label map on the MEGRE grid (1 CMB, 2 iron)")
+    p.add_argument("--probs", default="", help="class probabilities (4D, classes last) or of the class")
+    p.add_argument("--chi", default="", help="QSM (ppm) on the MEGRE grid")
+    p.add_argument("--swi", default="", help="SWI on the MEGRE grid")
+    p.add_argument("--mni-xfm", default="", help="4×4 text: x_MNI = M @ x_MEGRE (world mm)")
+    p.add_argument("--keep-calcifications", action="store_true",
+                   help="count diamagnetic CMBs as CMBs (default: counted as calcifications)")
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=run_census)
+
+    p = sub.add_parser("cohort-table", help="cohort table and summary from census TSVs")
+    p.add_argument("census", nargs="+", help="census TSVs named <pid>_..._census.tsv")
+    p.add_argument("--output", required=True, help="TSV, one row per participant")
+    p.add_argument("--summary", required=True, help="Markdown summary")
+    p.set_defaults(func=run_table)
+
+
+def _grid(path, ref_shape, ref_aff, what):
+    a, aff = niio.load(path)
+    if a.shape[:3] != tuple(ref_shape) or not np.allclose(aff, ref_aff, atol=1e-3):
+        raise InputError(path, f"{what} is not on the grid of the label map {tuple(ref_shape)}")
+    return a
+
+
+def run_census(args) -> int:
+    from deepmir import census
+    from deepmir.synth import anatomy
+    labels, aff = niio.load(args.labels)
+    if labels.ndim != 3:
+        raise InputError(args.labels, f"expected a 3D label map, found shape {labels.shape}")
+    bad = sorted(set(np.unique(labels)) - {0, 1, 2})
+    if bad:
+        raise InputError(args.labels, f"labels must be 0, 1 or 2; found {bad[:5]}")
+    probs = _grid(args.probs, labels.shape, aff, "probability map") if args.probs else None
+    if probs is not None and probs.ndim == 4:
+        probs = np.moveaxis(probs, -1, 0)
+    chi = _grid(args.chi, labels.shape, aff, "QSM") if args.chi else None
+    swi = _grid(args.swi, labels.shape, aff, "SWI") if args.swi else None
+    to_mni = atlas = None
+    if args.mni_xfm:
+        m = np.loadtxt(args.mni_xfm)
+        if m.shape != (4, 4):
+            raise InputError(args.mni_xfm, "expected a 4×4 matrix")
+        to_mni = lambda x: np.asarray(x) @ m[:3, :3].T + m[:3, 3]
+        atlas = anatomy.head_model()
+    table = census.lesion_census(labels.astype(np.uint8), aff, probs=probs, chi=chi, swi=swi,
+                                 to_mni=to_mni, atlas=atlas,
+                                 exclude_calcifications=not args.keep_calcifications)
+    _write_tsv(table, args.output)
+    return 0
+
+
+def run_table(args) -> int:
+    from deepmir import census
+    rows = []
+    for path in args.census:
+        name = Path(path).name
+        pid = name.split("_census")[0].replace("_desc-", "|").split("|")[0]
+        try:
+            df = pd.read_csv(path, sep="\t")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+            raise InputError(path, f"unreadable TSV ({err})")
+        missing = {"counted_as", "region_group", "size_group", "probable_calcification"} - set(df.columns)
+        if missing:
+            raise InputError(path, f"missing columns {sorted(missing)}")
+        rows.append(dict(participant_id=pid, **census.participant_counts(df)))
+    table = pd.DataFrame(rows)
+    _write_tsv(table, args.output)
+    n = len(table)
+    lines = [f"# Lesion census: {n} participants", "",
+             "| class | prevalence (≥1) | median | IQR | max | lobar | deep | infratentorial |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for cls in ("cmb", "iron"):
+        c = table[f"{cls}_total"]
+        q1, q3 = np.percentile(c, [25, 75]) if n else (0, 0)
+        lines.append(f"| {cls} | {(c > 0).sum()}/{n} ({100 * (c > 0).mean():.0f} %) | {c.median():g} | "
+                     f"{q1:g}–{q3:g} | {c.max()} | {table[f'{cls}_lobar'].sum()} | "
+                     f"{table[f'{cls}_deep'].sum()} | {table[f'{cls}_infratentorial'].sum()} |")
+    lines += ["", f"Probable calcifications (diamagnetic lesions labelled CMB): "
+                  f"{table.probable_calcifications.sum()}", ""]
+    out = Path(args.summary)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    return 0
+
+
+def _write_tsv(df, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".tmp-" + path.name)
+    df.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    tmp.replace(path)

@@ -1,0 +1,61 @@
+"""The census against the synthetic truth, using truth labels as the prediction."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from deepmir.census import lesion_census, participant_counts, shell
+from deepmir.synth import anatomy
+
+
+def _true_to_mni(sim):
+    inv = np.linalg.inv(sim["pose_gre"])
+    p = sim["participant"]
+    return lambda mm: p.to_mni(np.asarray(mm) @ inv[:3, :3].T + inv[:3, 3])
+
+
+def test_census_reproduces_the_truth_table(tiny_sim):
+    t = tiny_sim["truth"]
+    table = t["table"]
+    pred = t["dseg"].copy()
+    calc_ids = table.lesion_id[table.cls == "calcification"].to_numpy()
+    pred[np.isin(t["lesions"], calc_ids)] = 1          # a model that took calcifications for CMBs
+    census = lesion_census(pred, tiny_sim["gre_affine"], chi=t["chi"], swi=tiny_sim["mag"][0],
+                           to_mni=_true_to_mni(tiny_sim), atlas=anatomy.head_model())
+    expected = table[(table.label > 0) | (table.cls == "calcification")]
+    expected = expected[expected.n_voxels > 0]
+    assert len(census) == len(expected)
+    hits = 0
+    for row in expected.itertuples():
+        d = np.hypot(np.hypot(census.centroid_i - row.centroid_i, census.centroid_j - row.centroid_j),
+                     census.centroid_k - row.centroid_k)
+        got = census.iloc[int(np.argmin(d))]
+        assert d.min() < 0.5
+        assert got.volume_mm3 == pytest.approx(row.volume_mm3, rel=0.10)
+        hits += (got.region_group, got.region, got.hemisphere) == (row.region_group, row.region, row.hemisphere)
+        assert got.probable_calcification == (row.cls == "calcification")
+        if row.cls == "cmb":
+            assert got.delta_chi_ppm > 0 and got.swi_contrast > 0
+    assert hits >= 0.95 * len(expected)
+    counts = participant_counts(census)
+    assert counts["cmb_total"] == int((expected.cls == "cmb").sum())
+    assert counts["probable_calcifications"] == len(calc_ids[np.isin(calc_ids, expected.lesion_id)])
+
+
+def test_hand_built_census():
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[2:4, 2:4, 2:4] = 1          # 8 voxels of 1 mm³: diameter 2.48 mm
+    labels[10:16, 10:16, 10:16] = 1    # 216 voxels: diameter 7.4 mm
+    labels[5, 15, 5] = 2
+    labels[6, 16, 6] = 2               # diagonal neighbour: same component (26-connectivity)
+    chi = np.zeros(labels.shape)
+    chi[labels == 1] = 0.5
+    chi[10:16, 10:16, 10:16] = -0.2    # diamagnetic "CMB": a probable calcification
+    c = lesion_census(labels, np.eye(4), chi=chi)
+    assert list(c.cls) == ["cmb", "cmb", "iron"]
+    assert list(c.n_voxels) == [8, 216, 2]
+    assert list(c.size_group) == ["<5mm", ">=5mm", "<5mm"]
+    assert list(c.probable_calcification) == [False, True, False]
+    assert c.moment_ppm_mm3[0] == pytest.approx(0.5 * 8)
+    counts = participant_counts(c)
+    assert counts["cmb_total"] == 1 and counts["probable_calcifications"] == 1
+    assert shell(labels == 2, 1).sum() > 0
