@@ -20,7 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from deepmir.dipole import b0_direction, voxel_sizes
+from deepmir.geometry import b0_direction, voxel_sizes
 from deepmir.errors import InputError
 from deepmir.phase import phase_to_radians
 
