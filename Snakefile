@@ -8,6 +8,11 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/synth.smk"
 include: "workflow/rules/inputs.smk"
+include: "workflow/rules/anat.smk"
+include: "workflow/rules/qsm.smk"
+include: "workflow/rules/learn.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/census.smk"
 
 
 rule all:

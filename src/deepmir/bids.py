@@ -57,8 +57,9 @@ def _nifti(folder: Path, stem: str) -> Path | None:
     return found[0] if found else None
 
 
-def discover(bids_dir, annotations: str = "annotations") -> list[Record]:
-    """All participants (subject or subject-session) with their files, sorted by id."""
+def discover(bids_dir, annotations: str = "annotations", only: str | None = None) -> list[Record]:
+    """All participants (subject or subject-session) with their files, sorted by id; with
+    ``only`` (a participant id), just that one (other participants are not looked at)."""
     root = Path(bids_dir)
     if not root.is_dir():
         raise InputError(root, "BIDS directory does not exist")
@@ -73,12 +74,18 @@ def discover(bids_dir, annotations: str = "annotations") -> list[Record]:
             raise InputError(sdir, f"duplicate subject: same label as {seen[key].name} "
                                    "(labels differing only in case)")
         seen[key] = sdir
+    if only is not None:
+        subs = [s for s in subs if s.name == only.split("_")[0]]
+        if not subs:
+            raise InputError(root / only.split("_")[0], "no such participant in the dataset")
     records = []
     for sdir in subs:
         sessions = sorted(p for p in sdir.iterdir() if p.is_dir() and p.name.startswith("ses-"))
         units = [(s.name, s / "anat") for s in sessions] or [(None, sdir / "anat")]
         for ses, anat in units:
             rec = Record(sub=sdir.name, ses=ses, anat_dir=anat)
+            if only is not None and rec.pid != only:
+                continue
             _find_files(rec, root, annotations)
             records.append(rec)
     if not records:
@@ -308,8 +315,9 @@ def load_checked(rec: Record, min_echoes: int = 1, phase_unit: str = "auto", inf
     return mag, rad, affine, info
 
 
-def find(records: list[Record], pid: str) -> Record:
-    for rec in records:
-        if rec.pid == pid:
-            return rec
-    raise KeyError(pid)
+def find(bids_dir, pid: str, annotations: str = "annotations") -> Record:
+    """The record of one participant, looking at no other."""
+    records = discover(bids_dir, annotations, only=pid)
+    if not records:
+        raise InputError(Path(bids_dir) / pid.replace("_", "/"), "no such participant/session")
+    return records[0]

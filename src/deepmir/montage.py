@@ -53,3 +53,36 @@ def montage_figure(panels: list, labels, axis: int, index: int, title: str):
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def census_figure(image, labels, table, axis: int, title: str, max_slices: int = 6):
+    """Axial slices holding lesions, every lesion outlined and numbered as in the census."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ks = [int(round(v)) for v in table[["centroid_i", "centroid_j", "centroid_k"][axis]]] if len(table) else []
+    order = sorted(set(ks), key=lambda k: -ks.count(k))[:max_slices] or [labels.shape[axis] // 2]
+    order = sorted(order)
+    fig, axes = plt.subplots(1, len(order), figsize=(3.4 * len(order), 3.8), dpi=100, squeeze=False)
+    lim = np.percentile(image[np.isfinite(image)], [1, 99.5])
+    other = [a for a in range(3) if a != axis]
+    for ax, k in zip(axes[0], order):
+        img = np.take(image, k, axis=axis)
+        lab = np.take(labels, k, axis=axis)
+        ax.imshow(np.rot90(img), cmap="gray", vmin=lim[0], vmax=lim[1], interpolation="nearest")
+        for value, colour in ((1, "yellow"), (2, "red")):
+            if np.any(lab == value):
+                ax.contour(np.rot90(lab == value), levels=[0.5], colors=colour, linewidths=0.8)
+        for row in table.itertuples():
+            if int(round(getattr(row, ["centroid_i", "centroid_j", "centroid_k"][axis]))) != k:
+                continue
+            c = [getattr(row, n) for n in ("centroid_i", "centroid_j", "centroid_k")]
+            # np.rot90 maps (r, c) of the slice to (W-1-c, r): label position in the image
+            x, y = c[other[0]], img.shape[1] - 1 - c[other[1]]
+            ax.annotate(str(row.lesion_id), (x, y), xytext=(x + 6, y - 6), color="cyan", fontsize=8,
+                        arrowprops=dict(arrowstyle="-", color="cyan", lw=0.6))
+        ax.set_title(f"slice {k}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

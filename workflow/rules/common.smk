@@ -4,6 +4,7 @@ import json
 import os
 import sys
 
+import yaml
 from snakemake.utils import validate
 
 from deepmir import bids as _bids
@@ -12,6 +13,25 @@ from deepmir.synth import write as _synth_write
 from deepmir.synth.cohort import participant_ids as _synth_ids
 from deepmir.synth.config import settings as _synth_settings
 
+
+
+def _typed(x):
+    """`--config key='{a: {b: 2}}'` gives string leaves ('2'); read each string leaf as YAML
+    so that numbers and booleans validate (paths and ids stay strings)."""
+    if isinstance(x, dict):
+        return {k: _typed(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_typed(v) for v in x]
+    if isinstance(x, str):
+        try:
+            v = yaml.safe_load(x)
+        except yaml.YAMLError:
+            return x
+        return v if isinstance(v, (int, float, bool, list, dict)) or v is None else x
+    return x
+
+
+config.update(_typed(dict(config)))
 validate(config, "../schemas/config.schema.yaml")
 
 # jobs call the `deepmir` command of the environment that runs Snakemake (.venv/bin when
@@ -101,8 +121,9 @@ def truth_path(pid, name):
 def raw_inputs(pid):
     """Every raw file of a participant (so that a changed input re-runs its chain)."""
     if SYNTHETIC:
-        return [f"{BIDS}/{f}" for f in _synth_write.participant_files(pid, N_ECHOES, ANNOTATIONS)
-                if "derivatives/truth" not in f]
+        return [f"{BIDS}/dataset_description.json"] + [
+            f"{BIDS}/{f}" for f in _synth_write.participant_files(pid, N_ECHOES, ANNOTATIONS)
+            if "derivatives/truth" not in f]
     r = RECORDS[pid]
     files = r.mag + r.phase + [r.sidecar(p) for p in r.mag + r.phase]
     files += [p for p in (r.t1w, r.t2w, r.annotation) if p is not None]

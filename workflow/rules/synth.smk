@@ -1,28 +1,51 @@
 # The synthetic cohort, generated when no bids_dir is configured.
 if SYNTHETIC:
 
+    rule synth_head_model:
+        """The MNI head model all phantoms are drawn from (templates and atlases of the wheels)."""
+        output:
+            f"{OUT}/synth/head_model.npz",
+        conda:
+            "../../envs/base.yaml"
+        log:
+            "logs/synth/head_model.log",
+        shell:
+            "deepmir atlas --out {output} > {log} 2>&1"
+
     rule synth_dataset:
+        """Dataset descriptions (raw and derivatives), the same for any settings."""
         output:
             f"{BIDS}/dataset_description.json",
-            f"{BIDS}/participants.tsv",
-            head_model=f"{OUT}/synth/head_model.npz",
-        params:
-            cfg=json.dumps(config.get("synth") or {}),
         conda:
             "../../envs/base.yaml"
         log:
             "logs/synth/dataset.log",
         shell:
-            "deepmir synth {BIDS} --config-json {params.cfg:q} --dataset-files "
-            "--annotations {ANNOTATIONS} --head-model-cache {output.head_model} > {log} 2>&1"
+            "deepmir synth {BIDS} --dataset-files --annotations {ANNOTATIONS} > {log} 2>&1"
+
+    rule synth_participants_tsv:
+        output:
+            f"{BIDS}/participants.tsv",
+        params:
+            cfg=json.dumps(config.get("synth") or {}),
+        conda:
+            "../../envs/base.yaml"
+        log:
+            "logs/synth/participants.log",
+        shell:
+            "deepmir synth {BIDS} --config-json {params.cfg:q} --participants-tsv > {log} 2>&1"
+
+    ALL_TARGETS += rules.synth_participants_tsv.output
 
     rule synth_participant:
         input:
-            rules.synth_dataset.output.head_model,
+            rules.synth_head_model.output[0],
         output:
             [f"{BIDS}/{f}" for f in _synth_write.participant_files("{pid}", N_ECHOES, ANNOTATIONS)],
         params:
-            cfg=json.dumps(config.get("synth") or {}),
+            # a participant does not depend on how many others there are: adding participants
+            # leaves the existing ones alone
+            cfg=json.dumps({k: v for k, v in (config.get("synth") or {}).items() if k != "n_participants"}),
         conda:
             "../../envs/base.yaml"
         log:

@@ -18,10 +18,26 @@ def register(sub):
     p.add_argument("--chi", default="", help="QSM (ppm) on the MEGRE grid")
     p.add_argument("--swi", default="", help="SWI on the MEGRE grid")
     p.add_argument("--mni-xfm", default="", help="4×4 text: x_MNI = M @ x_MEGRE (world mm)")
+    p.add_argument("--mask-json", default="",
+                   help="brain-mask JSON of the anat stage; its TemplateToMEGRE (x_MEGRE = M @ x_MNI) "
+                        "places lesions in the atlas when --mni-xfm is not given")
+    p.add_argument("--qc", default="", help="PNG with every lesion outlined and numbered")
+    p.add_argument("--atlas", default="", help="MNI atlas cache (.npz of `deepmir atlas`)")
     p.add_argument("--keep-calcifications", action="store_true",
                    help="count diamagnetic CMBs as CMBs (default: counted as calcifications)")
     p.add_argument("--output", required=True)
     p.set_defaults(func=run_census)
+
+    p = sub.add_parser("atlas", help="build the MNI atlas (templates and atlases of the wheels) as .npz")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=lambda a: __import__("deepmir.synth.anatomy", fromlist=["x"]).head_model(a.out) and 0)
+
+    p = sub.add_parser("final-split", help="training/validation split of the final model")
+    p.add_argument("--participants", nargs="+", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.25)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=run_final_split)
 
     p = sub.add_parser("cohort-table", help="cohort table and summary from census TSVs")
     p.add_argument("census", nargs="+", help="census TSVs named <pid>_..._census.tsv")
@@ -52,16 +68,37 @@ def run_census(args) -> int:
     chi = _grid(args.chi, labels.shape, aff, "QSM") if args.chi else None
     swi = _grid(args.swi, labels.shape, aff, "SWI") if args.swi else None
     to_mni = atlas = None
+    m = None
     if args.mni_xfm:
         m = np.loadtxt(args.mni_xfm)
         if m.shape != (4, 4):
             raise InputError(args.mni_xfm, "expected a 4×4 matrix")
+    elif args.mask_json and "TemplateToMEGRE" in niio.read_json(args.mask_json):
+        m = np.linalg.inv(np.asarray(niio.read_json(args.mask_json)["TemplateToMEGRE"], float))
+    if m is not None:
         to_mni = lambda x: np.asarray(x) @ m[:3, :3].T + m[:3, 3]
-        atlas = anatomy.head_model()
+        atlas = anatomy.head_model(args.atlas or None)
     table = census.lesion_census(labels.astype(np.uint8), aff, probs=probs, chi=chi, swi=swi,
                                  to_mni=to_mni, atlas=atlas,
                                  exclude_calcifications=not args.keep_calcifications)
     _write_tsv(table, args.output)
+    if args.qc:
+        from deepmir import montage
+        from deepmir.geometry import b0_direction
+        image = swi if swi is not None else (chi if chi is not None else labels)
+        fig = montage.census_figure(image, labels, table, int(np.argmax(np.abs(b0_direction(aff)))),
+                                    f"{Path(args.labels).name.split('_space')[0]}: {len(table)} lesions")
+        out = Path(args.qc)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out.with_name(".tmp-" + out.name), format="png")
+        out.with_name(".tmp-" + out.name).replace(out)
+    return 0
+
+
+def run_final_split(args) -> int:
+    from deepmir import folds
+    split = folds.train_val_split(args.participants, args.seed, args.val_fraction)
+    niio.write_json(args.out, split)
     return 0
 
 

@@ -60,7 +60,7 @@ def run_validate(args) -> int:
 
 
 def run_inputs(args) -> int:
-    rec = bids.find(bids.discover(args.bids_dir, args.annotations), args.pid)
+    rec = bids.find(args.bids_dir, args.pid, args.annotations)
     mag, rad, affine, info = bids.load_checked(rec, args.min_echoes, args.phase_unit)
     if info["PhaseSign"] is None:
         info["PhaseSign"] = args.phase_sign

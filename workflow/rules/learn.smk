@@ -1,0 +1,242 @@
+# Learning (method.md §5): a training stack per participant, leave-one-out folds per
+# experiment, one U-Net per (experiment, fold) and the prediction of the fold's held-out
+# participant back on the MEGRE grid. Every fold is its own DAG target:
+#   snakemake results/learn/<experiment>/fold-<pid>/<pid>_space-MEGRE_desc-<experiment>_dseg.nii.gz
+# builds exactly that fold's split, model and prediction (and the stacks it needs).
+# Helpers for other stages: learn_predictions(), learn_prediction(experiment, pid, kind),
+# LEARN_EXPERIMENTS, learn_participants(experiment).
+from deepmir.folds import loo_folds as _loo_folds
+
+
+validate(config, "../schemas/learn.schema.yaml")
+
+LEARN = config["learn"]
+LEARN_EXPERIMENTS = LEARN["experiments"] if LEARN["enabled"] else {}
+if LEARN["slice_size"] % 2 ** (LEARN["model"]["depth"] - 1):
+    sys.exit(f"deepmir: error: config learn.slice_size {LEARN['slice_size']} is not divisible by "
+             f"2^(learn.model.depth - 1) = {2 ** (LEARN['model']['depth'] - 1)}")
+_CHANNEL_ORDER = ("SWI", "QSM", "T2")
+
+
+def _channel_path(pid, channel):
+    return {
+        "SWI": out("swi", pid, "space-MEGRE_swi.nii.gz"),
+        "QSM": out("qsm", pid, "space-MEGRE_Chimap.nii.gz"),
+        "T2": out("anat", pid, "space-MEGRE_T2w.nii.gz"),
+    }[channel]
+
+
+def _stack_channels(pid):
+    """The channels any experiment needs, in network order; T2 only where there is a T2w."""
+    wanted = {c for e in LEARN_EXPERIMENTS.values() for c in e["channels"]}
+    return [c for c in _CHANNEL_ORDER if c in wanted and (c != "T2" or has_anat(pid, "T2w"))]
+
+
+def learn_participants(experiment):
+    """Annotated participants that have every channel of the experiment (its folds)."""
+    need = set(LEARN_EXPERIMENTS[experiment]["channels"])
+    return [p for p in ANNOTATED if need <= set(_stack_channels(p))]
+
+
+def _folds(experiment):
+    pids = learn_participants(experiment)
+    if len(pids) < 3:
+        return {}
+    return {f["test"][0]: f for f in _loo_folds(pids, seed=LEARN["seed"], val_fraction=LEARN["val_fraction"])}
+
+
+for _exp in LEARN_EXPERIMENTS:
+    if len(learn_participants(_exp)) < 3:
+        print(f"deepmir: learn experiment {_exp}: fewer than 3 annotated participants with channels "
+              f"{LEARN_EXPERIMENTS[_exp]['channels']}; it is left out", file=sys.stderr)
+    elif len(learn_participants(_exp)) < len(ANNOTATED):
+        left = sorted(set(ANNOTATED) - set(learn_participants(_exp)))
+        print(f"deepmir: learn experiment {_exp}: {', '.join(left)} left out (no T2w)", file=sys.stderr)
+
+LEARN_DIR = f"{OUT}/learn"
+
+
+def _fold_dir(experiment="{experiment}", pid="{pid}"):
+    return f"{LEARN_DIR}/{experiment}/fold-{pid}"
+
+
+def stack_path(pid):
+    return out("stacks", pid, "stack.npz")
+
+
+def learn_prediction(experiment, pid, kind="dseg"):
+    """A fold's prediction of its held-out participant: kind 'dseg' (labels 0/1/2) or 'probseg'
+    (class probabilities; 3D single class, 4D background/CMB/iron multi-class)."""
+    return f"{_fold_dir(experiment, pid)}/{pid}_space-MEGRE_desc-{experiment}_{kind}.nii.gz"
+
+
+def learn_predictions(kind="dseg"):
+    """Every fold's prediction, all experiments (for the evaluation stage and `all`)."""
+    return [learn_prediction(e, p, kind) for e in LEARN_EXPERIMENTS for p in _folds(e)]
+
+
+if LEARN_EXPERIMENTS:
+
+    wildcard_constraints:
+        experiment="|".join(LEARN_EXPERIMENTS),
+
+    rule stack:
+        """A participant's training/prediction stack: each channel z-scored in the brain (QSM
+        clipped to ±k·σ first), axial slices padded to slice_size², labels when annotated."""
+        input:
+            unpack(lambda wc: {
+                **{c: _channel_path(wc.pid, c) for c in _stack_channels(wc.pid)},
+                "mask": out("anat", wc.pid, "space-MEGRE_desc-brain_mask.nii.gz"),
+                **({"dseg": annotation_path(wc.pid)} if annotation_path(wc.pid) else {}),
+            }),
+        output:
+            stack_path("{pid}"),
+        params:
+            channels=lambda wc, input: " ".join(f"--channel {c}={input[c]}" for c in _stack_channels(wc.pid)),
+            dseg=lambda wc, input: f"--dseg {input.dseg}" if "dseg" in input.keys() else "",
+            size=LEARN["slice_size"],
+            clip=LEARN["qsm_clip_sigma"],
+        log:
+            log_path("stacks", "{pid}"),
+        benchmark:
+            bench_path("stacks", "{pid}")
+        resources:
+            mem_mb=lambda wc, attempt: LEARN["stack_mem_mb"] * attempt,
+            runtime=10,
+        shell:
+            "deepmir stack {params.channels} --mask {input.mask} {params.dseg} --out {output} "
+            "--pad-to {params.size} --qsm-clip-sigma {params.clip} > {log} 2>&1"
+
+    rule learn_split:
+        """One leave-one-out fold: the test participant, training and validation participants."""
+        output:
+            f"{_fold_dir()}/split.json",
+        params:
+            pids=lambda wc: " ".join(learn_participants(wc.experiment)),
+            seed=LEARN["seed"],
+            val_fraction=LEARN["val_fraction"],
+        log:
+            log_path("learn", "{experiment}/fold-{pid}_split"),
+        shell:
+            "deepmir folds --participants {params.pids} --seed {params.seed} "
+            "--val-fraction {params.val_fraction} --fold {wildcards.pid} --fold-out {output} > {log} 2>&1"
+
+    rule learn_splits_final:
+        """All folds of an experiment in nnU-Net's splits_final.json format."""
+        output:
+            f"{LEARN_DIR}/{{experiment}}/splits_final.json",
+        params:
+            pids=lambda wc: " ".join(learn_participants(wc.experiment)),
+            seed=LEARN["seed"],
+            val_fraction=LEARN["val_fraction"],
+        log:
+            log_path("learn", "{experiment}/splits_final"),
+        shell:
+            "deepmir folds --participants {params.pids} --seed {params.seed} "
+            "--val-fraction {params.val_fraction} --splits-final {output} > {log} 2>&1"
+
+    def _train_options():
+        m, a = LEARN["model"], LEARN["augment"]
+        opts = [f"--epochs {LEARN['epochs']}", f"--batch-size {LEARN['batch_size']}", f"--lr {LEARN['lr']}",
+                f"--seed {LEARN['seed']}", f"--depth {m['depth']}", f"--base-width {m['base_width']}",
+                f"--device {LEARN['device']}"]
+        if not LEARN["keep_last_checkpoint"]:
+            opts.append("--drop-last")
+        if m["max_width"] is not None:
+            opts.append(f"--max-width {m['max_width']}")
+        if not m["head_relu"]:
+            opts.append("--no-head-relu")
+        if not m["prior_bias"]:
+            opts.append("--no-prior-bias")
+        if LEARN["fg_weight"] != 1:
+            opts.append(f"--fg-weight {LEARN['fg_weight']}")
+        if not a["enabled"]:
+            opts.append("--no-augment")
+        else:
+            for key in ("n_translations", "n_rotations", "max_shift", "min_angle", "max_angle", "unlabelled_ratio"):
+                if a[key] is not None:
+                    opts.append(f"--{key.replace('_', '-')} {a[key]}")
+            if not a["flip"]:
+                opts.append("--no-flip")
+            if not a["validation"]:
+                opts.append("--no-augment-val")
+        return " ".join(opts)
+
+    rule learn_train:
+        """Train one fold's U-Net: best validation-IoU epoch kept; checkpoint every epoch
+        (last.pt, not a declared output, so a killed job resumes where it stopped)."""
+        input:
+            split=rules.learn_split.output[0],
+            train=lambda wc: [stack_path(p) for p in _folds(wc.experiment)[wc.pid]["train"]],
+            val=lambda wc: [stack_path(p) for p in _folds(wc.experiment)[wc.pid]["val"]],
+        output:
+            model=f"{_fold_dir()}/best.pt",
+            log=f"{_fold_dir()}/log.tsv",
+            curve=report(f"{_fold_dir()}/learning_curve.png", caption="../report/learn_curve.rst",
+                         category="Learning", subcategory="{experiment}"),
+        params:
+            dir=_fold_dir(),
+            labels=lambda wc: LEARN_EXPERIMENTS[wc.experiment]["labels"],
+            channels=lambda wc: " ".join(LEARN_EXPERIMENTS[wc.experiment]["channels"]),
+            options=_train_options(),
+        threads: LEARN["threads"]
+        log:
+            log_path("learn", "{experiment}/fold-{pid}_train"),
+        benchmark:
+            bench_path("learn", "{experiment}/fold-{pid}_train")
+        resources:
+            mem_mb=lambda wc, attempt: LEARN["train_mem_mb"] * attempt,
+            runtime=LEARN["train_runtime"],
+            **({"gpu": 1} if LEARN["gpu"] else {}),
+        shell:
+            "deepmir train --train-stacks {input.train} --val-stacks {input.val} "
+            "--label-mode {params.labels} --channels {params.channels} {params.options} "
+            "--threads {threads} --out-dir {params.dir} > {log} 2>&1"
+
+    rule learn_predict:
+        """The fold's held-out participant: labels (0/1/2) and probabilities on the MEGRE grid."""
+        input:
+            model=rules.learn_train.output.model,
+            stack=stack_path("{pid}"),
+        output:
+            dseg=learn_prediction("{experiment}", "{pid}", "dseg"),
+            probseg=learn_prediction("{experiment}", "{pid}", "probseg"),
+        params:
+            threshold=LEARN["threshold"],
+            device=LEARN["device"],
+        threads: LEARN["threads"]
+        log:
+            log_path("learn", "{experiment}/fold-{pid}_predict"),
+        benchmark:
+            bench_path("learn", "{experiment}/fold-{pid}_predict")
+        resources:
+            mem_mb=lambda wc, attempt: LEARN["predict_mem_mb"] * attempt,
+            runtime=15,
+            **({"gpu": 1} if LEARN["gpu"] else {}),
+        shell:
+            "deepmir predict --model {input.model} --stack {input.stack} --out-labels {output.dseg} "
+            "--out-probs {output.probseg} --threshold {params.threshold} --device {params.device} "
+            "--threads {threads} > {log} 2>&1"
+
+    rule learn_lesion_counts:
+        """Per participant: lesions in the annotation vs in the held-out prediction (a quick
+        look; the study's metrics come from the evaluation stage)."""
+        input:
+            pred=lambda wc: [learn_prediction(wc.experiment, p) for p in _folds(wc.experiment)],
+            ref=lambda wc: [annotation_path(p) for p in _folds(wc.experiment)],
+        output:
+            report(f"{LEARN_DIR}/{{experiment}}/lesion_counts.tsv", caption="../report/learn_counts.rst",
+                   category="Learning", subcategory="{experiment}"),
+        params:
+            pids=lambda wc: " ".join(_folds(wc.experiment)),
+            labels=lambda wc: LEARN_EXPERIMENTS[wc.experiment]["labels"],
+        log:
+            log_path("learn", "{experiment}/lesion_counts"),
+        shell:
+            "deepmir lesion-counts --participants {params.pids} --pred {input.pred} --ref {input.ref} "
+            "--label-mode {params.labels} --out {output} > {log} 2>&1"
+
+    _LEARN_READY = [e for e in LEARN_EXPERIMENTS if _folds(e)]
+    ALL_TARGETS += learn_predictions()
+    ALL_TARGETS += expand(f"{LEARN_DIR}/{{experiment}}/splits_final.json", experiment=_LEARN_READY)
+    ALL_TARGETS += expand(f"{LEARN_DIR}/{{experiment}}/lesion_counts.tsv", experiment=_LEARN_READY)

@@ -1,0 +1,90 @@
+# QSM and SWI from the multi-echo GRE (method.md §3–4): thin rules around `deepmir qsm-run`
+# and `deepmir swi`; numerics in deepmir.qsm and deepmir.swi (torch, GPU when configured).
+
+validate(config, "../schemas/qsm.schema.yaml")
+
+QSM = config["qsm"]
+SWI = config["swi"]
+
+
+def _qsm_options():
+    q = QSM
+    opts = [f"--unwrap {q['unwrap']}", f"--background {q['background']}",
+            f"--inversion {q['inversion']}", f"--lambda {q['lambda']}",
+            "--smv" if q["smv"] else "--no-smv", f"--smv-radius-mm {q['smv_radius_mm']}",
+            "--csf" if q["csf"] else "--no-csf", f"--lambda-csf {q['lambda_csf']}",
+            f"--csf-r2s-threshold {q['csf_r2s_threshold']}", f"--pdf-tol {q['pdf_tol']}",
+            f"--pdf-max-iter {q['pdf_max_iter']}",
+            f"--vsharp-max-radius-mm {q['vsharp_max_radius_mm']}",
+            f"--tkd-threshold {q['tkd_threshold']}", f"--medi-max-iter {q['medi_max_iter']}",
+            f"--medi-cg-max-iter {q['medi_cg_max_iter']}", f"--device {q['device']}",
+            f"--threads {q['threads']}",
+            "--residual-weighting" if q["residual_weighting"] else "--no-residual-weighting"]
+    opts.append("--merit" if q["merit"] else "--no-merit")
+    return " ".join(opts)
+
+
+rule qsm:
+    """χ (ppm, paramagnetic positive), R2* and the local field on the MEGRE grid."""
+    input:
+        mag=out("inputs", "{pid}", "part-mag_MEGRE.nii.gz"),
+        phase=out("inputs", "{pid}", "part-phase_MEGRE.nii.gz"),
+        json=out("inputs", "{pid}", "MEGRE.json"),
+        mask=out("anat", "{pid}", "space-MEGRE_desc-brain_mask.nii.gz"),
+    output:
+        chi=out("qsm", "{pid}", "space-MEGRE_Chimap.nii.gz"),
+        r2s=out("qsm", "{pid}", "space-MEGRE_R2starmap.nii.gz"),
+        field=out("qsm", "{pid}", "space-MEGRE_desc-local_fieldmap.nii.gz"),
+        qc=report(f"{OUT}/report/qsm/{{pid}}_qsm.png", caption="../report/qsm_qc.rst",
+                  category="QSM", subcategory="{pid}"),
+    params:
+        options=_qsm_options(),
+    conda:
+        "../../envs/torch.yaml"
+    log:
+        log_path("qsm", "{pid}"),
+    benchmark:
+        bench_path("qsm", "{pid}")
+    threads: QSM["threads"]
+    resources:
+        mem_mb=lambda wc, attempt: QSM["mem_mb"] * attempt,
+        runtime=QSM["runtime"],
+        **({"gpu": 1} if QSM["gpu"] else {}),
+    shell:
+        "deepmir qsm-run --mag {input.mag} --phase {input.phase} --json {input.json} "
+        "--mask {input.mask} --chi {output.chi} --r2s {output.r2s} --field {output.field} "
+        "--qc {output.qc} {params.options} > {log} 2>&1"
+
+
+rule swi:
+    """SWI (shortest echo, homodyne high-pass, phase mask^power) and its minIP."""
+    input:
+        mag=out("inputs", "{pid}", "part-mag_MEGRE.nii.gz"),
+        phase=out("inputs", "{pid}", "part-phase_MEGRE.nii.gz"),
+        json=out("inputs", "{pid}", "MEGRE.json"),
+    output:
+        swi=out("swi", "{pid}", "space-MEGRE_swi.nii.gz"),
+        minip=out("swi", "{pid}", "space-MEGRE_desc-minip_swi.nii.gz"),
+        qc=report(f"{OUT}/report/swi/{{pid}}_swi.png", caption="../report/qsm_swi.rst",
+                  category="SWI", subcategory="{pid}"),
+    params:
+        window=SWI["window"],
+        power=SWI["power"],
+        minip=SWI["minip_slices"],
+    conda:
+        "../../envs/torch.yaml"
+    log:
+        log_path("swi", "{pid}"),
+    benchmark:
+        bench_path("swi", "{pid}")
+    resources:
+        mem_mb=lambda wc, attempt: SWI["mem_mb"] * attempt,
+        runtime=10,
+    shell:
+        "deepmir swi --mag {input.mag} --phase {input.phase} --json {input.json} "
+        "--output {output.swi} --minip {output.minip} --qc {output.qc} "
+        "--window {params.window} --power {params.power} --minip-slices {params.minip} "
+        "--device cpu > {log} 2>&1"
+
+
+ALL_TARGETS += expand(rules.qsm.output.chi, pid=PIDS) + expand(rules.swi.output.swi, pid=PIDS)
