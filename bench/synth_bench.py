@@ -22,9 +22,9 @@ from deepmir.synth import anatomy, write
 from deepmir.synth.config import settings
 cfg = settings({"scale": sys.argv[1], "n_participants": int(sys.argv[3]) + 1})
 anatomy.head_model(sys.argv[4])
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 write.write_participant(sys.argv[2], cfg, int(sys.argv[3]))
-print(json.dumps({"seconds": time.perf_counter() - t,
+print(json.dumps({"seconds": time.perf_counter() - t, "cpu": time.process_time() - c,
                   "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}))
 """
 
@@ -36,7 +36,7 @@ def run_child(args):
         sys.exit(res.stderr)
     import json
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    return out["seconds"], time.perf_counter() - t, out["peak_gb"]
+    return out["seconds"], out["cpu"], time.perf_counter() - t, out["peak_gb"]
 
 
 def main():
@@ -51,17 +51,18 @@ def main():
         subprocess.run([sys.executable, "-c", f"from deepmir.synth import anatomy; anatomy.head_model({str(cache)!r})"],
                        check=True)
         build = time.perf_counter() - t
-        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load "
+              f"{os.getloadavg()[0]:.1f}, "
               f"torch threads default, Python {platform.python_version()}")
         print(f"head model (once per cohort, cached): {build:.1f} s\n")
         print(f"{'scale':<6} {'participant':<12} {'GRE matrix':<14} {'voxel (mm)':<14} "
-              f"{'generate (s)':>12} {'process (s)':>12} {'peak RSS (GB)':>14}")
+              f"{'generate (s)':>12} {'CPU (s)':>8} {'process (s)':>12} {'peak RSS (GB)':>14}")
         for scale in a.scales:
             cfg = settings({"scale": scale})
             for i in range(a.participants):
-                gen, total, peak = run_child([scale, Path(tmp) / scale, i, cache])
+                gen, cpu, total, peak = run_child([scale, Path(tmp) / scale, i, cache])
                 print(f"{scale:<6} sub-{i + 1:03d}      {'x'.join(map(str, cfg['gre']['matrix'])):<14} "
-                      f"{'x'.join(f'{v:g}' for v in cfg['gre']['voxel_size']):<14} {gen:>12.1f} "
+                      f"{'x'.join(f'{v:g}' for v in cfg['gre']['voxel_size']):<14} {gen:>12.1f} {cpu:>8.1f} "
                       f"{total:>12.1f} {peak:>14.2f}", flush=True)
 
 

@@ -172,3 +172,20 @@ if CENSUS_EXP:
     ALL_TARGETS += [rules.cohort_table.output.table]
     if _FINAL_TRAINABLE:
         ALL_TARGETS += [rules.final_model_card.output[0]]
+
+
+rule benchmark_table:
+    """Seconds, CPU seconds and peak memory of every job (Snakemake benchmarks), per stage,
+    summed per participant and per fold. Runs after everything else of the default target."""
+    input:
+        [t for t in ALL_TARGETS if "/report/" in t and t.endswith((".md", ".tsv"))],
+    output:
+        tsv=f"{OUT}/report/benchmarks.tsv",
+        md=report(f"{OUT}/report/benchmarks.md", caption="../report/benchmarks.rst", category="Benchmarks"),
+    log:
+        "logs/report/benchmarks.log",
+    shell:
+        "deepmir bench-table --dir benchmarks --output {output.tsv} --markdown {output.md} > {log} 2>&1"
+
+
+ALL_TARGETS += [rules.benchmark_table.output.md]

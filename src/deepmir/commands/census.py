@@ -12,6 +12,7 @@ from deepmir.errors import InputError
 
 
 def register(sub):
+    _bench_register(sub)
     p = sub.add_parser("census", help="lesion census of one participant (TSV)")
     p.add_argument("--labels", required=True, help="label map on the MEGRE grid (1 CMB, 2 iron)")
     p.add_argument("--probs", default="", help="class probabilities (4D, classes last) or of the class")
@@ -142,3 +143,27 @@ def _write_tsv(df, path):
     tmp = path.with_name(".tmp-" + path.name)
     df.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     tmp.replace(path)
+
+
+def _bench_register(sub):
+    p = sub.add_parser("bench-table", help="the per-job Snakemake benchmarks as report tables")
+    p.add_argument("--dir", default="benchmarks")
+    p.add_argument("--output", required=True, help="TSV, one row per job")
+    p.add_argument("--markdown", required=True)
+    p.set_defaults(func=run_bench_table)
+
+
+def run_bench_table(args) -> int:
+    from deepmir import benchtable
+    from deepmir.tables import to_markdown
+    jobs = benchtable.collect(args.dir)
+    _write_tsv(jobs, args.output)
+    parts = ["# Time and memory per stage", "",
+             "From Snakemake's `benchmark:` files of this run (wall seconds, CPU seconds, peak RSS in "
+             "MB); a job run again overwrites its file.", ""]
+    for name, df in benchtable.summaries(jobs).items():
+        parts += [to_markdown(df.round(1), f"per {name}").strip(), ""]
+    out = Path(args.markdown)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(parts))
+    return 0
