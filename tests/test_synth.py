@@ -99,16 +99,16 @@ def test_lesion_counts_follow_the_configured_bins():
 
 def test_anat_truth_transform_maps_the_brain(tiny_sim):
     """The true T1w→MEGRE transform carries the T1w brain mask onto the MEGRE brain mask."""
-    from deepmir.montage import resample_onto
+    from deepmir.anat import resample_to
     t1 = tiny_sim["anat"]["T1w"]
-    moved = resample_onto(t1["brain"].astype(np.float32), t1["affine"], tiny_sim["truth"]["brain"].shape,
-                          tiny_sim["gre_affine"], t1["xfm_to_gre"]) > 0.5
+    moved = resample_to(t1["brain"].astype(np.float32), t1["affine"], t1["xfm_to_gre"],
+                        tiny_sim["truth"]["brain"].shape, tiny_sim["gre_affine"]) > 0.5
     ref = tiny_sim["truth"]["brain"]
     dice = 2 * (moved & ref).sum() / (moved.sum() + ref.sum())
     assert dice > 0.9
     # and without the transform (the head moved between series) it is worse
-    unmoved = resample_onto(t1["brain"].astype(np.float32), t1["affine"], ref.shape,
-                            tiny_sim["gre_affine"]) > 0.5
+    unmoved = resample_to(t1["brain"].astype(np.float32), t1["affine"], None, ref.shape,
+                          tiny_sim["gre_affine"]) > 0.5
     assert 2 * (unmoved & ref).sum() / (unmoved.sum() + ref.sum()) < dice
 
 

@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from deepmir.geometry import voxel_sizes
+
 _F = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (its own inverse)
 
 DEFAULT_N4_CONVERGENCE = {"iters": [50, 50, 50, 50], "tol": 1e-7}
@@ -45,10 +47,6 @@ DEFAULT_N4_CONVERGENCE = {"iters": [50, 50, 50, 50], "tol": 1e-7}
 # --------------------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------------------
-
-def voxel_sizes(affine) -> np.ndarray:
-    return np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0)
-
 
 def _ants():
     import ants  # imported lazily: slow import, and only the numerics need it

@@ -6,15 +6,6 @@ import numpy as np
 from scipy import ndimage as ndi
 
 
-def resample_onto(moving, moving_affine, target_shape, target_affine, xfm=None, order=1):
-    """``moving`` sampled on the target grid; ``xfm`` maps moving world → target world
-    (x_target = xfm @ x_moving), identity when None."""
-    xfm = np.eye(4) if xfm is None else np.asarray(xfm, float)
-    m = np.linalg.inv(moving_affine) @ np.linalg.inv(xfm) @ target_affine
-    return ndi.affine_transform(np.asarray(moving, np.float32), m[:3, :3], offset=m[:3, 3],
-                                output_shape=tuple(target_shape), order=order, mode="constant")
-
-
 def lesion_slice(labels, axis: int) -> int:
     """Index along ``axis`` through the largest labelled component (centre if none)."""
     if labels is None or not np.any(labels):

@@ -5,7 +5,8 @@ import numpy as np
 import torch
 
 from deepmir.dataset import unstack
-from deepmir.train import amp_settings, resolve_device
+from deepmir.device import pick_device as resolve_device
+from deepmir.train import amp_settings
 from deepmir.unet import UNet, probabilities
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from deepmir.augment import AugmentConfig, Plan, make_plan, render
 from deepmir.dataset import slices_with_label
 from deepmir.unet import UNet
+from deepmir.device import pick_device as resolve_device
 
 CHECKPOINT_FORMAT = 1
 LOG_COLUMNS = ("epoch", "train_loss", "train_iou", "val_iou", "seconds")
@@ -45,12 +46,6 @@ class TrainResult:
     history: list = field(default_factory=list)   # one dict per epoch (LOG_COLUMNS)
     completed: bool = True      # False when stopped by stop_after_epoch
     last_state: dict | None = None  # state_dict after the last epoch run
-
-
-def resolve_device(device=None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def amp_settings(device: torch.device, amp: bool | None):

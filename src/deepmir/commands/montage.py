@@ -22,6 +22,7 @@ def register(sub):
 
 def run(args) -> int:
     from deepmir import montage
+    from deepmir.anat import resample_to
     mag, aff = niio.load(args.mag)
     phase, _ = niio.load(args.phase)
     info = niio.read_json(args.info)
@@ -35,7 +36,7 @@ def run(args) -> int:
     if args.t2w:
         t2, t2_aff = niio.load(args.t2w)
         xfm = np.loadtxt(args.xfm) if args.xfm else None
-        panels.append(("T2w on the MEGRE grid", montage.resample_onto(t2, t2_aff, mag.shape[:3], aff, xfm),
+        panels.append(("T2w on the MEGRE grid", resample_to(t2, t2_aff, xfm, mag.shape[:3], aff),
                        None, "gray"))
     fig = montage.montage_figure(panels, labels, axis, index,
                                  f"{info.get('participant', '')} — slice {index} of axis {axis}")

@@ -70,7 +70,8 @@ def run_qsm(args) -> int:
 
     from deepmir.dipole import b0_direction, voxel_sizes
     from deepmir.qsm.inversion import medi_l1, tkd
-    from deepmir.qsm.pipeline import hz_per_ppm, pick_device
+    from deepmir.device import pick_device
+    from deepmir.qsm.pipeline import hz_per_ppm
 
     torch.set_num_threads(max(int(args.threads), 1))
     if not args.b0 > 0:

@@ -18,13 +18,7 @@ from .inversion import extract_csf_mask, medi_l1, tkd
 from .unwrap import unwrap_laplacian, unwrap_region_growing
 
 from deepmir.qsm.defaults import DEFAULTS  # noqa: E402  (torch-free, for the CLI)
-
-
-def pick_device(name: str | None = "auto") -> torch.device:
-    """``auto``: cuda when available, else cpu; otherwise the named torch device."""
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+from deepmir.device import pick_device
 
 
 def hz_per_ppm(b0_tesla: float) -> float:
