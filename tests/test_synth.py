@@ -131,3 +131,21 @@ def test_written_cohort_passes_validation_and_reads_back(tiny_bids, tiny_sim, ca
     assert len(table) == len(tiny_sim["truth"]["table"])
     xfm = np.loadtxt(tiny_bids / "derivatives/truth/sub-001/anat/sub-001_from-T2w_to-MEGRE_xfm.txt")
     assert np.allclose(xfm, tiny_sim["anat"]["T2w"]["xfm_to_gre"], atol=1e-6)
+
+
+def test_cli_writes_a_participant_beyond_n_participants(tiny_cfg, tmp_path, capsys):
+    """The workflow leaves n_participants out of each participant's job (so growing the cohort
+    re-runs nothing): `--participant sub-002` must give the cohort's second participant even
+    when the job's settings say n_participants 1; a malformed id is refused in one line."""
+    import json
+    from conftest import TINY
+    from deepmir import niio
+    from deepmir.cli import main
+    cfg = json.dumps({k: v for k, v in TINY.items() if k != "n_participants"} | {"n_participants": 1})
+    assert main(["synth", str(tmp_path), "--config-json", cfg, "--participant", "sub-002"]) == 0
+    mag, _ = niio.load(tmp_path / "sub-002/anat/sub-002_echo-1_part-mag_MEGRE.nii.gz")
+    assert np.allclose(mag, simulate(tiny_cfg, tiny_cfg["seed"], 1)["mag"][0], atol=1e-4)
+    assert main(["synth", str(tmp_path / "x"), "--config-json", cfg, "--participant", "sub-x2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sub-x2" in err[0]
+    assert not (tmp_path / "x").exists()

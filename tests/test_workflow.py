@@ -54,7 +54,7 @@ def test_changing_a_qsm_parameter_reruns_qsm_and_dependants_only(tmp_path):
     assert ("qsm", "sub-001") in jobs and ("qsm", "sub-003") in jobs
     assert {"stack", "learn_train", "learn_predict", "evaluate_participant", "apply", "census"} <= rules
     assert not rules & {"synth_participant", "inputs", "montage", "anat_n4", "anat_register",
-                        "anat_brainmask", "swi"}, rules
+                        "anat_brainmask", "mni_warp", "swi"}, rules
     # --until one stage: nothing past it
     until = {r for r, _ in planned(smk(tmp_path, "-n", "-R", "swi", "--until", "swi"))}
     assert until == {"swi"}, until
@@ -64,7 +64,7 @@ def test_a_new_synthetic_participant_leaves_the_others_alone(tmp_path):
     (tmp_path / "config.yaml").write_text("output_dir: results\nsynth: {n_participants: 3}\n" + LEARN)
     placeholders(tmp_path)
     jobs = planned(smk(tmp_path, "-n", "--config", "synth={n_participants: 4}"))
-    for rule in ("synth_participant", "inputs", "anat_n4", "qsm", "swi", "montage"):
+    for rule in ("synth_participant", "inputs", "anat_n4", "qsm", "swi", "montage", "mni_warp"):
         assert {p for r, p in jobs if r == rule} == {"sub-004"}, (rule, jobs)
 
 

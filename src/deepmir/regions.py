@@ -23,13 +23,19 @@ def lookup(hm, mni_mm, volume, order=0):
 def region_of(hm, mni_mm):
     """(group, region, hemisphere) of each MNI point (N×3): group lobar/deep/infratentorial;
     region a lobe, basal_ganglia, thalamus, deep_white_matter, brainstem or cerebellum;
-    hemisphere L/R (M for midline brainstem)."""
+    hemisphere L/R (M for midline brainstem); ("unknown", "unknown", "?") for a point that
+    is not finite (outside the registered template)."""
     mni = np.atleast_2d(np.asarray(mni_mm, float))
+    finite = np.isfinite(mni).all(1)
+    mni = np.where(finite[:, None], mni, 0.0)
     tissue = lookup(hm, mni, hm.labels)
     lobe = lookup(hm, mni, hm.lobes)
     cdist = lookup(hm, mni, hm.cortex_dist, order=1)
     out = []
-    for x, t, lb, cd in zip(mni[:, 0], tissue, lobe, cdist):
+    for x, t, lb, cd, ok in zip(mni[:, 0], tissue, lobe, cdist, finite):
+        if not ok:
+            out.append(("unknown", "unknown", "?"))
+            continue
         hemi = "M" if abs(x) < 3 and t == A.BRAINSTEM else ("L" if x < 0 else "R")
         if t in (A.CAUDATE, A.PUTAMEN, A.PALLIDUM):
             g, r = "deep", "basal_ganglia"

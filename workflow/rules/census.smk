@@ -134,9 +134,47 @@ if CENSUS_EXP:
         shell:
             "deepmir atlas --out {output} > {log} 2>&1"
 
+    def _mni_coords(pid):
+        return out("anat", pid, "from-MEGRE_to-MNI152_mode-image_xfm.nii.gz")
+
+    def _census_placement(wc):
+        """The SyN coordinate map where the participant has a T1w-based mask, else the mask
+        JSON's affine alone."""
+        if CENSUS["nonlinear_regions"] and _anat_mask_uses_t1w(wc.pid):
+            return {"mni_coords": _mni_coords(wc.pid)}
+        return {}
+
+    rule mni_warp:
+        """MNI coordinate map on the MEGRE grid: the template's affine fit to the T1w refined
+        by a SyN warp (antspyx), composed with the T1w→MEGRE transform."""
+        input:
+            t1w=out("anat", "{pid}", "desc-n4_T1w.nii.gz"),
+            mask=out("anat", "{pid}", "space-MEGRE_desc-brain_mask.nii.gz"),
+            mask_json=out("anat", "{pid}", "space-MEGRE_desc-brain_mask.json"),
+            xfm=out("anat", "{pid}", "from-T1w_to-MEGRE_xfm.txt"),
+        output:
+            _mni_coords("{pid}"),
+        params:
+            iterations=" ".join(str(i) for i in CENSUS["syn_iterations"]),
+            working_mm=CENSUS["syn_working_mm"],
+        threads: 2
+        log:
+            log_path("mni_warp", "{pid}"),
+        benchmark:
+            bench_path("mni_warp", "{pid}")
+        resources:
+            mem_mb=3000,
+            runtime=20,
+        shell:
+            "deepmir mni-warp --t1w {input.t1w} "
+            "--mask-json {input.mask_json} --xfm {input.xfm} --ref {input.mask} "
+            "--iterations {params.iterations} --working-mm {params.working_mm} --threads {threads} "
+            "--output {output} > {log} 2>&1"
+
     rule census:
         """One participant's lesions: position, size, confidence, χ, SWI contrast, region."""
         input:
+            unpack(_census_placement),
             dseg=rules.apply.output.dseg,
             probseg=rules.apply.output.probseg,
             chi=out("qsm", "{pid}", "space-MEGRE_Chimap.nii.gz"),
@@ -149,11 +187,14 @@ if CENSUS_EXP:
                       category="Census", subcategory="{pid}"),
         params:
             keep="" if CENSUS["exclude_calcifications"] else "--keep-calcifications",
+            placement=lambda wc, input: f"--mni-coords {input.mni_coords}" if "mni_coords" in input.keys() else "",
         log:
             log_path("census", "{pid}"),
+        benchmark:
+            bench_path("census", "{pid}")
         shell:
             "deepmir census --labels {input.dseg} --probs {input.probseg} --chi {input.chi} "
-            "--swi {input.swi} --mask-json {input.mask_json} --atlas {input.atlas} {params.keep} "
+            "--swi {input.swi} --mask-json {input.mask_json} {params.placement} --atlas {input.atlas} {params.keep} "
             "--qc {output.qc} --output {output.tsv} > {log} 2>&1"
 
     rule cohort_table:

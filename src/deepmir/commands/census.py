@@ -18,6 +18,9 @@ def register(sub):
     p.add_argument("--probs", default="", help="class probabilities (4D, classes last) or of the class")
     p.add_argument("--chi", default="", help="QSM (ppm) on the MEGRE grid")
     p.add_argument("--swi", default="", help="SWI on the MEGRE grid")
+    p.add_argument("--mni-coords", default="",
+                   help="MNI coordinate map on the MEGRE grid (`deepmir mni-warp`): places lesions "
+                        "in the atlas through the nonlinear template registration")
     p.add_argument("--mni-xfm", default="", help="4×4 text: x_MNI = M @ x_MEGRE (world mm)")
     p.add_argument("--mask-json", default="",
                    help="brain-mask JSON of the anat stage; its TemplateToMEGRE (x_MEGRE = M @ x_MNI) "
@@ -28,6 +31,20 @@ def register(sub):
                    help="count diamagnetic CMBs as CMBs (default: counted as calcifications)")
     p.add_argument("--output", required=True)
     p.set_defaults(func=run_census)
+
+    p = sub.add_parser("mni-warp", help="MNI coordinate map on the MEGRE grid: the template's affine "
+                                        "fit to the T1w refined by a SyN warp (antspyx)")
+    p.add_argument("--t1w", required=True, help="bias-corrected T1w (native grid)")
+    p.add_argument("--mask-json", required=True, help="brain-mask JSON of the anat stage (TemplateToT1w)")
+    p.add_argument("--xfm", required=True, help="4×4 text: x_MEGRE = M @ x_T1w")
+    p.add_argument("--ref", required=True, help="an image on the MEGRE grid (e.g. the brain mask)")
+    p.add_argument("--iterations", type=int, nargs="+", default=None,
+                   help="SyN iterations per level (coarse to fine)")
+    p.add_argument("--working-mm", type=float, default=None, help="registration voxel size (mm)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=1, help="ITK threads")
+    p.add_argument("--output", required=True, help="4D NIfTI: MNI x, y, z (mm) of every MEGRE voxel")
+    p.set_defaults(func=run_mni_warp)
 
     p = sub.add_parser("atlas", help="build the MNI atlas (templates and atlases of the wheels) as .npz")
     p.add_argument("--out", required=True)
@@ -70,7 +87,15 @@ def run_census(args) -> int:
     swi = _grid(args.swi, labels.shape, aff, "SWI") if args.swi else None
     to_mni = atlas = None
     m = None
-    if args.mni_xfm:
+    if args.mni_coords:
+        coords = _grid(args.mni_coords, labels.shape, aff, "MNI coordinate map")
+        if coords.ndim != 4 or coords.shape[3] != 3:
+            raise InputError(args.mni_coords, f"expected 3 volumes (MNI x, y, z), found shape {coords.shape}")
+        from deepmir import template
+        inv_aff = np.linalg.inv(aff)
+        to_mni = lambda x: template.mni_at(coords, np.asarray(x) @ inv_aff[:3, :3].T + inv_aff[:3, 3])
+        atlas = anatomy.head_model(args.atlas or None)
+    elif args.mni_xfm:
         m = np.loadtxt(args.mni_xfm)
         if m.shape != (4, 4):
             raise InputError(args.mni_xfm, "expected a 4×4 matrix")
@@ -93,6 +118,26 @@ def run_census(args) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out.with_name(".tmp-" + out.name), format="png")
         out.with_name(".tmp-" + out.name).replace(out)
+    return 0
+
+
+def run_mni_warp(args) -> int:
+    from deepmir import template
+    from deepmir.commands.anat import _threads
+    _threads(args.threads)
+    t1, t1_aff = niio.load(args.t1w)
+    if t1.ndim != 3:
+        raise InputError(args.t1w, f"expected a 3D T1w, found shape {t1.shape}")
+    info = niio.read_json(args.mask_json)
+    if "TemplateToT1w" not in info:
+        raise InputError(args.mask_json, "no TemplateToT1w (the mask was not made from a T1w)")
+    xfm = np.loadtxt(args.xfm)
+    if xfm.shape != (4, 4):
+        raise InputError(args.xfm, "expected a 4×4 matrix")
+    ref, ref_aff = niio.load(args.ref)
+    syn = {k: v for k, v in (("iterations", args.iterations), ("working_mm", args.working_mm)) if v}
+    coords, c_aff = template.warp_template_to_t1(t1, t1_aff, info["TemplateToT1w"], seed=args.seed, syn=syn)
+    niio.save(args.output, template.coordinates_on_grid(coords, c_aff, xfm, ref.shape[:3], ref_aff), ref_aff)
     return 0
 
 

@@ -4,6 +4,7 @@ given as a YAML/JSON file or string) and its seed."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -50,9 +51,15 @@ def run(args) -> int:
     ids = cohort.participant_ids(cfg["n_participants"])
     parts_only = args.dataset_files or args.participants_tsv
     wanted = args.participant or ([] if parts_only else ids)
+    # a participant is a pure function of (settings, seed, index): --participant may name one
+    # beyond n_participants (the workflow leaves n_participants out of each participant's job,
+    # so that growing the cohort does not re-run the existing participants)
+    index = {}
     for pid in wanted:
-        if pid not in ids:
-            raise InputError(pid, f"not a participant of this cohort ({ids[0]}..{ids[-1]})")
+        m = re.fullmatch(r"sub-(\d{3,})", pid)
+        if pid not in ids and not (m and int(m.group(1)) >= 1):
+            raise InputError(pid, "not a participant id of a synthetic cohort (sub-001, sub-002, ...)")
+        index[pid] = ids.index(pid) if pid in ids else int(m.group(1)) - 1
     if args.dataset_files or not (args.participant or parts_only):
         write.write_description(root, args.annotations)
     if args.participants_tsv or not (args.participant or parts_only):
@@ -60,6 +67,6 @@ def run(args) -> int:
     if wanted or args.head_model_cache:
         anatomy.head_model(args.head_model_cache)
     for pid in wanted:
-        write.write_participant(root, cfg, ids.index(pid), args.annotations)
+        write.write_participant(root, cfg, index[pid], args.annotations)
         print(f"wrote {pid}", flush=True)
     return 0
