@@ -9,8 +9,8 @@ from deepmir.dipole import dipole_field, dipole_kernel
 from deepmir.qsm._torch import cg, fgrad, fgrad_adj
 from deepmir.qsm.background import pdf, vsharp
 from deepmir.qsm.fit import fit_multi_echo, r2star_map
-from deepmir.qsm.inversion import (extract_csf_mask, gradient_weight, medi_l1, ppm_to_rad,
-                                   tkd)
+from deepmir.qsm.inversion import (_DipoleConv, extract_csf_mask, gradient_weight, medi_l1,
+                                   ppm_to_rad, tkd)
 from deepmir.qsm.pipeline import reconstruct
 from deepmir.qsm.unwrap import unwrap_laplacian, unwrap_region_growing
 
@@ -236,6 +236,50 @@ def test_medi_options_smv_merit_csf(sphere_phantom):
     assert res["mask"].sum() < brain.sum()                  # SMV erodes the mask
     assert abs(res["chi"][csf].mean()) < 1e-6                 # MEDI+0: referenced to CSF
     assert res["chi"][ball(n, a - 1.5)].mean() > 0.5 * dchi
+
+
+@pytest.mark.parametrize("b0", [(0.0, 0.0, 1.0), (0.0, 0.3, 0.95)])
+def test_medi_real_fft_equals_complex_fft(b0):
+    """The rfftn path is MEDI's real(ifftn(D·fftn(x))) to rounding, also with an oblique B0
+    on an even grid, where D is not even at the Nyquist planes: the convolution itself to
+    1e-6 (float32), the whole inversion (float64, fixed iteration counts: a CG stop right
+    at its tolerance may flip by one iteration on rounding) to 1e-5 (the IRLS systems,
+    ε = 1e-6, amplify rounding)."""
+    grid, vs = (16, 18, 20), (1.0, 1.0, 1.5)
+    x = torch.as_tensor(np.random.default_rng(7).normal(size=grid), dtype=torch.float32)
+    k = dipole_kernel(grid, vs, b0)
+    y_r = _DipoleConv(grid, k, "real")(x)
+    y_c = _DipoleConv(grid, k, "complex")(x)
+    assert float((y_r - y_c).abs().max()) <= 1e-6 * float(y_c.abs().max())
+    n = 20
+    brain = ball(n, 8)
+    chi = np.where(ball(n, 2.5, centre=(11, 10, 9)), 0.4, 0.0) - 0.05 * ball(n, 3, (7, 9, 10))
+    field = dipole_field(chi * brain, (1, 1, 1.5), b0) * brain
+    kw = dict(magnitude=brain * 1.0, delta_te=0.02, merit=True, max_iter=3,
+              tol_norm_ratio=0.0, cg_tol=1e-12, cg_max_iter=40, dtype=torch.float64)
+    r = medi_l1(field, brain, (1, 1, 1.5), b0, fft="real", **kw)
+    c = medi_l1(field, brain, (1, 1, 1.5), b0, fft="complex", **kw)
+    assert r["cg_iterations"] == c["cg_iterations"] and r["n_fft"] == c["n_fft"]
+    assert np.abs(r["chi"] - c["chi"]).max() <= 1e-5 * np.abs(c["chi"]).max()
+    # float32 (the default) stays close to float64
+    s = medi_l1(field, brain, (1, 1, 1.5), b0, fft="real", **{**kw, "dtype": torch.float32})
+    assert np.abs(s["chi"] - c["chi"]).max() <= 0.02 * np.abs(c["chi"]).max()
+
+
+def test_medi_gauss_newton_stops_on_update_ratio(sphere_phantom):
+    """MEDI_L1.m: stop once ‖dχ‖/‖χ‖ (χ before the update) < tol_norm_ratio, else after
+    max_iter steps; each CG starts from 0 and does at most cg_max_iter iterations."""
+    n, a, dchi, brain, field, inside = sphere_phantom
+    res = medi_l1(field, brain, (1, 1, 1), (0, 0, 1), delta_te=0.02, tol_norm_ratio=0.1)
+    r = res["ratios"]
+    assert len(r) == res["iterations"] == len(res["cg_iterations"])
+    assert r[0] == np.inf                                 # χ = 0 before the first step
+    assert r[-1] < 0.1 and all(v >= 0.1 for v in r[:-1]) and res["iterations"] < 10
+    # every step counts 4 FFTs per CG iteration plus 4 for the right-hand side
+    assert res["n_fft"] == sum(4 * (k + 1) for k in res["cg_iterations"])
+    capped = medi_l1(field, brain, (1, 1, 1), (0, 0, 1), delta_te=0.02, tol_norm_ratio=0.0,
+                     max_iter=3, cg_max_iter=5)
+    assert capped["iterations"] == 3 and capped["cg_iterations"] == [5, 5, 5]
 
 
 def test_gradient_weight_fraction():

@@ -81,20 +81,26 @@ def fgrad_adj(g, voxel_size, out: torch.Tensor | None = None) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- SMV kernels
-def sphere_kernel_k(shape, voxel_size, radius_mm: float, device) -> torch.Tensor:
-    """rfft of the normalised spherical mean value kernel of radius ``radius_mm`` on an
-    FFT grid of ``shape`` (real, since the kernel is symmetric)."""
+def sphere_ball(shape, voxel_size, radius_mm: float, device,
+                dtype=torch.float32) -> torch.Tensor:
+    """The normalised ball of radius ``radius_mm`` centred at index 0 of an FFT grid of
+    ``shape`` (wrapped around), i.e. the spherical mean value kernel in image space."""
     coords = []
     for ax, (n, d) in enumerate(zip(shape, voxel_size)):
-        i = torch.arange(n, device=device, dtype=torch.float32)
+        i = torch.arange(n, device=device, dtype=dtype)
         i = torch.minimum(i, n - i) * float(d)
         view = [1] * 3
         view[ax] = n
         coords.append(i.reshape(view))
     r2 = coords[0] ** 2 + coords[1] ** 2 + coords[2] ** 2
-    ball = (r2 <= float(radius_mm) ** 2 + 1e-6).to(torch.float32)
-    ball /= ball.sum()
-    return torch.fft.rfftn(ball).real.contiguous()
+    ball = (r2 <= float(radius_mm) ** 2 + 1e-6).to(dtype)
+    return ball / ball.sum()
+
+
+def sphere_kernel_k(shape, voxel_size, radius_mm: float, device) -> torch.Tensor:
+    """rfft of the normalised spherical mean value kernel of radius ``radius_mm`` on an
+    FFT grid of ``shape`` (real, since the kernel is symmetric)."""
+    return torch.fft.rfftn(sphere_ball(shape, voxel_size, radius_mm, device)).real.contiguous()
 
 
 def smv(x: torch.Tensor, kernel_k: torch.Tensor) -> torch.Tensor:
