@@ -54,6 +54,19 @@ def gradient_weight(magnitude: torch.Tensor, mask: torch.Tensor, voxel_size,
     return tuple((gi.abs() <= thr).to(magnitude.dtype) for gi in g)
 
 
+def erode_mask(mask, voxel_size, radius_mm: float) -> np.ndarray:
+    """Binary erosion of ``mask`` by a ball of ``radius_mm`` (voxel sizes honoured): a voxel
+    stays when every voxel within ``radius_mm`` of it is in the mask. 0 returns the mask."""
+    m = np.asarray(mask) != 0
+    if not radius_mm > 0:
+        return m
+    vs = np.asarray(check_voxel_size(voxel_size))
+    rad = np.maximum(np.floor(radius_mm / vs + 1e-6).astype(int), 0)
+    zz = np.ogrid[tuple(slice(-k, k + 1) for k in rad)]
+    ball = sum((z * v) ** 2 for z, v in zip(zz, vs)) <= radius_mm ** 2 + 1e-6
+    return ndimage.binary_erosion(m, structure=ball, border_value=0)
+
+
 def extract_csf_mask(r2s, mask, voxel_size, threshold: float = 5.0, erode_mm: float = 5.0,
                      n_regions: int = 3, centre_fraction: float = 0.5) -> np.ndarray:
     """CSF mask for MEDI+0 (after MEDI ``extract_CSF``): voxels of the brain mask, eroded by
@@ -62,15 +75,8 @@ def extract_csf_mask(r2s, mask, voxel_size, threshold: float = 5.0, erode_mm: fl
     ``centre_fraction`` of the mask's half-extent along every axis) — the ventricles.
     Returns a bool array (may be empty when no such CSF exists)."""
     m = np.asarray(mask) != 0
-    vs = np.asarray(check_voxel_size(voxel_size))
     r = np.asarray(r2s, np.float32)
-    if erode_mm > 0:
-        rad = np.maximum(np.round(erode_mm / vs).astype(int), 0)
-        zz = np.ogrid[tuple(slice(-k, k + 1) for k in rad)]
-        ball = sum((z * v) ** 2 for z, v in zip(zz, vs)) <= erode_mm ** 2 + 1e-6
-        m_e = ndimage.binary_erosion(m, structure=ball)
-    else:
-        m_e = m
+    m_e = erode_mask(m, voxel_size, erode_mm)
     cand = m_e & (r > 0) & (r < threshold)
     lab, n = ndimage.label(cand)
     if n == 0:
@@ -86,7 +92,7 @@ def extract_csf_mask(r2s, mask, voxel_size, threshold: float = 5.0, erode_mm: fl
 
 
 def _crop(mask_np: np.ndarray, margin: int):
-    return padded_grid(mask_np, margin)
+    return padded_grid(mask_np, margin, even=True)
 
 
 class _DipoleConv:
