@@ -343,7 +343,7 @@ def register(sub):
     r.add_argument("--csf-r2s-threshold", dest="csf_r2s_threshold", type=float)
     r.add_argument("--mask-erode-mm", dest="mask_erode_mm", type=float,
                    help="erode the brain mask by this radius (mm) for background removal and "
-                        "dipole inversion (default 3)")
+                        "dipole inversion (default 4.5)")
     r.add_argument("--pdf-tol", dest="pdf_tol", type=float)
     r.add_argument("--pdf-max-iter", dest="pdf_max_iter", type=int)
     r.add_argument("--vsharp-max-radius-mm", dest="vsharp_max_radius_mm", type=float)
