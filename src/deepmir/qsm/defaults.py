@@ -17,6 +17,6 @@ DEFAULTS = {
     "tkd_threshold": 0.19,
     "medi_max_iter": 10,
     "medi_cg_max_iter": 100,
-    "residual_weighting": True,
-    "mask_erode_mm": 4.5,           # erode the brain mask for PDF and MEDI/TKD (tuned, seed 99)     # inflate N_std where the echo fit fails (model error)
+    "residual_weighting": True,     # inflate N_std where the echo fit fails (model error)
+    "mask_erode_mm": 4.5,           # erode the brain mask for PDF and MEDI/TKD (tuned, seed 99)
 }
