@@ -448,8 +448,8 @@ def qsm_accuracy(chi, truth, mask, lesion_map=None, lesion_classes: Mapping | No
     voxels inside the mask) and ``<c>_ratio`` (their ratio; NaN without lesions), and the
     lesion susceptibility moments (:func:`lesion_moments`, the same operator on χ and on
     χ_true, ``voxel_volume`` in mm³): ``<c>_moment_ratio`` (median over the class's lesions
-    of moment / true moment), ``<c>_n_positive`` and ``<c>_n_negative`` (signs of the
-    moments of χ). With the truth ``tissue`` dseg, per deep grey matter nucleus
+    of moment / true moment), ``<c>_n_positive`` and ``<c>_n_negative`` (signs of χ over
+    the lesion's voxels against the shell around them, i.e. moments with ``grow=0``). With the truth ``tissue`` dseg, per deep grey matter nucleus
     (:data:`DEEP_GM_LABELS`) ``<roi>_error_ppm`` = mean χ − mean χ_true over the nucleus
     inside the mask (both referenced to their mask mean) and ``deep_gm_abs_error_ppm`` (the
     mean of their absolute values).
@@ -495,8 +495,12 @@ def qsm_accuracy(chi, truth, mask, lesion_map=None, lesion_classes: Mapping | No
             ref = lesion_moments(np.where(m, tm, 0.0), lm, ids, voxel_volume) if ids else {}
             ratios = [est[k] / ref[k] for k in est if abs(ref.get(k, 0.0)) > 1e-12]
             out[f"{cls}_moment_ratio"] = float(np.median(ratios)) if ratios else float("nan")
-            out[f"{cls}_n_positive"] = int(sum(v > 0 for v in est.values()))
-            out[f"{cls}_n_negative"] = int(sum(v < 0 for v in est.values()))
+            # signs: the lesion's own voxels against the shell right around them (growing
+            # would take in neighbouring tissue, e.g. the pallidum next to a calcification)
+            con = lesion_moments(np.where(m, cm, 0.0), lm, ids, voxel_volume, grow=0) \
+                if ids else {}
+            out[f"{cls}_n_positive"] = int(sum(v > 0 for v in con.values()))
+            out[f"{cls}_n_negative"] = int(sum(v < 0 for v in con.values()))
     if tissue is not None:
         ts = np.rint(np.asarray(tissue)).astype(np.int64)
         if ts.shape != c.shape:

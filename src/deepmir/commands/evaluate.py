@@ -559,7 +559,8 @@ def run_qsm_table(args) -> int:
              "slope = least-squares slope of χ against χ_true; deep_gm_abs_error_ppm = mean "
              "|ROI error| over caudate, putamen, pallidum and thalamus; cmb_moment_ratio = "
              "median over CMBs of the susceptibility moment / its true moment; "
-             "<class>_n_positive/negative = lesions whose moment has that sign; "
+             "<class>_n_positive/negative = lesions whose voxels lie above/below the shell "
+             "around them; "
              "<class>_ratio = mean χ over the class's lesion voxels / its true mean "
              "(1 = exact; below 1 = underestimated).\n")
     _write_text(args.out_md, text)
