@@ -10,6 +10,14 @@ the brain mask: NRMSE of MEDI-L1 and TKD, and for synthetic participants the dee
 errors, the CMB moment ratio and the signs of CMB and calcification moments. GPU rows follow
 the CPU rows when CUDA is available, else they say "no CUDA device".
 
+What bounds MEDI-L1's time: every CG iteration applies (∇ᵀ M V M ∇ + 2λ DᵀW²D) once, i.e.
+4 real FFTs on the mask's bounding box (+8 voxels, even 5-smooth lengths) plus about twenty
+element-wise passes over the grid (finite differences and their adjoint, weights, CG vector
+updates); the toolbox's defaults let CG run to its cap of 100 in most Gauss–Newton steps, so
+the time is ≈ (#CG iterations) × (4 FFTs + element-wise work). The bench prints the FFT
+share (#FFTs × measured time of one FFT) next to the measured total; on a shared CPU both
+shares scale with the load, which it prints too.
+
 ``--size N``: an N³ phantom at 1 mm (ellipsoidal brain with deep-grey-matter-like nuclei,
 white/grey matter, microbleeds, a calcification, a vein; air around the head as a background
 source; 4 echoes with noise). ``--synth SCALE``: one participant of the synthetic cohort
