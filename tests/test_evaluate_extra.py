@@ -32,6 +32,65 @@ def test_qsm_accuracy_hand_values():
     assert row["vein_true_ppm"] == pytest.approx(tm[5, 5, 5:7].mean())
 
 
+def test_qsm_accuracy_moments_signs_and_deep_gm():
+    """Lesion moments (the same operator on χ and truth), their signs, and deep-GM ROI
+    errors; a blurred, halved copy of the truth gives moment ratio 0.5 and ROI errors."""
+    from scipy import ndimage
+
+    shape = (24, 24, 24)
+    truth = np.zeros(shape)
+    lm = np.zeros(shape, int)
+    lm[6:8, 6:8, 6:8] = 1                      # CMB +0.8
+    lm[16:18, 16:18, 16:18] = 2                # calcification −0.4
+    truth[lm == 1], truth[lm == 2] = 0.8, -0.4
+    tissue = np.zeros(shape, int)
+    tissue[10:14, 4:8, 10:14] = 6              # pallidum +0.1
+    truth[tissue == 6] = 0.1
+    mask = np.ones(shape, bool)
+    est = 0.5 * ndimage.uniform_filter(truth, 3)     # blurred and halved
+    row = qsm_accuracy(est, truth, mask, lm, {1: "cmb", 2: "calcification"}, tissue, 2.0)
+    assert row["cmb_moment_ratio"] == pytest.approx(0.5, rel=0.05)
+    assert row["calcification_moment_ratio"] == pytest.approx(0.5, rel=0.05)
+    assert (row["cmb_n_positive"], row["cmb_n_negative"]) == (1, 0)
+    assert (row["calcification_n_positive"], row["calcification_n_negative"]) == (0, 1)
+    assert row["pallidum_error_ppm"] < -0.02        # halved: about −0.05
+    assert math.isnan(row["caudate_error_ppm"])
+    assert row["deep_gm_abs_error_ppm"] == pytest.approx(abs(row["pallidum_error_ppm"]))
+    flipped = qsm_accuracy(-est, truth, mask, lm, {1: "cmb", 2: "calcification"})
+    assert flipped["cmb_n_negative"] == 1 and flipped["calcification_n_positive"] == 1
+
+
+def test_qsm_table_reports_tkd_next_to_medi(tmp_path):
+    """qsm-accuracy --chi-tkd adds tkd_* columns; qsm-table flags per participant whether
+    MEDI's NRMSE is below TKD's and, in the mean row, whether it is on every participant."""
+    rng = np.random.default_rng(3)
+    shape = (10, 10, 10)
+    truth = rng.normal(size=shape).astype(np.float32)
+    tr = save(tmp_path / "t.nii.gz", truth)
+    mask = save(tmp_path / "m.nii.gz", np.ones(shape, np.uint8))
+    good = save(tmp_path / "good.nii.gz", truth + 0.1 * rng.normal(size=shape).astype(np.float32))
+    bad = save(tmp_path / "bad.nii.gz", truth + 0.5 * rng.normal(size=shape).astype(np.float32))
+    rows = []
+    for pid, medi, tkd in (("sub-01", good, bad), ("sub-02", bad, good)):
+        out = tmp_path / f"{pid}.tsv"
+        assert cli.main(["qsm-accuracy", "--chi", medi, "--chi-tkd", tkd, "--truth", tr,
+                         "--mask", mask, "--participant", pid, "--out", str(out)]) == 0
+        rows.append(out)
+    r1 = pd.read_csv(rows[0], sep="\t").iloc[0]
+    assert r1["nrmse_percent"] < r1["tkd_nrmse_percent"]
+    assert r1["tkd_nrmse_percent"] == pytest.approx(50, rel=0.2)
+    assert cli.main(["qsm-table", "--inputs", *map(str, rows), "--out-tsv",
+                     str(tmp_path / "qt.tsv"), "--out-md", str(tmp_path / "qt.md")]) == 0
+    t = pd.read_csv(tmp_path / "qt.tsv", sep="\t")
+    assert list(t["beats_tkd"].astype(str)) == ["True", "False", "False"]
+    md = (tmp_path / "qt.md").read_text()
+    assert "tkd_nrmse_percent" in md and "beats_tkd" in md
+    assert cli.main(["qsm-table", "--inputs", str(rows[0]), "--out-tsv",
+                     str(tmp_path / "q1.tsv"), "--out-md", str(tmp_path / "q1.md")]) == 0
+    assert list(pd.read_csv(tmp_path / "q1.tsv", sep="\t")["beats_tkd"].astype(str)) == \
+        ["True", "True"]
+
+
 def test_mimic_status_hit_and_rejected():
     pred = np.zeros((12, 12, 12), bool)
     pred[2, 2, 2] = True

@@ -141,3 +141,19 @@ def test_qsm_field_sign_flips_result(phantom, tmp_path):
                "--field-sign", "-1", "--mask", str(d / "mask.nii.gz"), "--method", "tkd",
                "--output", str(o)])
     assert rc == 0 and niio.load(o)[0][cmb].mean() < -0.2
+
+
+def test_workflow_schema_defaults_match_pipeline_defaults():
+    """The qsm schema's defaults are the pipeline's DEFAULTS (mask_erode_mm included)."""
+    from pathlib import Path
+
+    import yaml
+
+    from deepmir.qsm.defaults import DEFAULTS
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow" / "schemas"
+                             / "qsm.schema.yaml").read_text())
+    props = schema["properties"]["qsm"]["properties"]
+    for key, value in DEFAULTS.items():
+        assert key in props, key
+        assert props[key]["default"] == value, key

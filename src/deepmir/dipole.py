@@ -45,9 +45,12 @@ def dipole_kernel(shape, voxel_size, b0_dir=(0.0, 0.0, 1.0), rfft: bool = False,
     return d
 
 
-def fast_len(n: int) -> int:
-    """Smallest length ≥ n whose prime factors are 2, 3 and 5 (fast FFT sizes)."""
+def fast_len(n: int, even: bool = False) -> int:
+    """Smallest length ≥ n whose prime factors are 2, 3 and 5 (fast FFT sizes); ``even``:
+    also divisible by 2 (real FFTs of odd lengths, e.g. 5³, are markedly slower)."""
     m = max(int(n), 1)
+    if even:
+        m += m % 2
     while True:
         k = m
         for p in (2, 3, 5):
@@ -55,7 +58,7 @@ def fast_len(n: int) -> int:
                 k //= p
         if k == 1:
             return m
-        m += 1
+        m += 2 if even else 1
 
 
 def dipole_field(chi, voxel_size, b0_dir=(0.0, 0.0, 1.0), pad_factor: float = 2.0,

@@ -404,8 +404,38 @@ def validate_labels(volume) -> np.ndarray:
 QSM_LESION_CLASSES = ("cmb", "iron", "calcification", "vein", "epvs")
 
 
-def qsm_accuracy(chi, truth, mask, lesion_map=None, lesion_classes: Mapping | None = None
-                 ) -> dict:
+# deep grey matter labels of the synthetic truth tissue dseg (deepmir.synth.anatomy)
+DEEP_GM_LABELS = {"caudate": 4, "putamen": 5, "pallidum": 6, "thalamus": 7}
+
+
+def lesion_moments(chi, lesion_map, ids, voxel_volume: float = 1.0, grow: int = 1,
+                   shell: int = 2) -> dict:
+    """Susceptibility moment (ppm·mm³) of each lesion id: Σ (χ − χ_bg) × voxel volume over
+    the lesion grown by ``grow`` voxels (26-neighbourhood; the dipole-inversion blur spreads
+    a small source), χ_bg = median χ over a shell ``shell`` voxels thick around that
+    region. Returns
+    {id: moment} for the ids present in ``lesion_map``."""
+    c = np.asarray(chi, dtype=float)
+    lm = np.asarray(lesion_map)
+    out = {}
+    boxes = ndimage.find_objects(np.where(np.isin(lm, list(ids)), lm, 0).astype(np.int64))
+    pad = grow + shell + 1
+    cube = np.ones((3, 3, 3), bool)
+    for i in ids:
+        if i < 1 or i > len(boxes) or boxes[i - 1] is None:
+            continue
+        sl = tuple(slice(max(b.start - pad, 0), b.stop + pad) for b in boxes[i - 1])
+        les = lm[sl] == i
+        core = ndimage.binary_dilation(les, cube, iterations=grow) if grow > 0 else les
+        ring = ndimage.binary_dilation(core, cube, iterations=shell) & ~core
+        sub = c[sl]
+        bg = float(np.median(sub[ring])) if ring.any() else 0.0
+        out[int(i)] = float((sub[core] - bg).sum() * voxel_volume)
+    return out
+
+
+def qsm_accuracy(chi, truth, mask, lesion_map=None, lesion_classes: Mapping | None = None,
+                 tissue=None, voxel_volume: float = 1.0) -> dict:
     """Accuracy of a susceptibility map against the synthetic truth, inside ``mask``.
 
     QSM is defined up to a constant, so both maps are first referenced to their own mean
@@ -415,7 +445,14 @@ def qsm_accuracy(chi, truth, mask, lesion_map=None, lesion_classes: Mapping | No
     of χ against χ_true; 1 = no under-/overestimation) and, with a lesion id map and
     ``lesion_classes`` (lesion id -> cmb/iron/calcification/vein/epvs), per class c
     ``<c>_n`` lesions, ``<c>_chi_ppm`` and ``<c>_true_ppm`` (mean over the class's lesion
-    voxels inside the mask) and ``<c>_ratio`` (their ratio; NaN without lesions).
+    voxels inside the mask) and ``<c>_ratio`` (their ratio; NaN without lesions), and the
+    lesion susceptibility moments (:func:`lesion_moments`, the same operator on χ and on
+    χ_true, ``voxel_volume`` in mm³): ``<c>_moment_ratio`` (median over the class's lesions
+    of moment / true moment), ``<c>_n_positive`` and ``<c>_n_negative`` (signs of χ over
+    the lesion's voxels against the shell around them, i.e. moments with ``grow=0``). With the truth ``tissue`` dseg, per deep grey matter nucleus
+    (:data:`DEEP_GM_LABELS`) ``<roi>_error_ppm`` = mean χ − mean χ_true over the nucleus
+    inside the mask (both referenced to their mask mean) and ``deep_gm_abs_error_ppm`` (the
+    mean of their absolute values).
     """
     c = np.asarray(chi, dtype=float)
     t = np.asarray(truth, dtype=float)
@@ -454,6 +491,28 @@ def qsm_accuracy(chi, truth, mask, lesion_map=None, lesion_classes: Mapping | No
             out[f"{cls}_true_ppm"] = true_mean
             out[f"{cls}_ratio"] = (chi_mean / true_mean
                                    if sel.any() and abs(true_mean) > 1e-12 else float("nan"))
+            est = lesion_moments(np.where(m, cm, 0.0), lm, ids, voxel_volume) if ids else {}
+            ref = lesion_moments(np.where(m, tm, 0.0), lm, ids, voxel_volume) if ids else {}
+            ratios = [est[k] / ref[k] for k in est if abs(ref.get(k, 0.0)) > 1e-12]
+            out[f"{cls}_moment_ratio"] = float(np.median(ratios)) if ratios else float("nan")
+            # signs: the lesion's own voxels against the shell right around them (growing
+            # would take in neighbouring tissue, e.g. the pallidum next to a calcification)
+            con = lesion_moments(np.where(m, cm, 0.0), lm, ids, voxel_volume, grow=0) \
+                if ids else {}
+            out[f"{cls}_n_positive"] = int(sum(v > 0 for v in con.values()))
+            out[f"{cls}_n_negative"] = int(sum(v < 0 for v in con.values()))
+    if tissue is not None:
+        ts = np.rint(np.asarray(tissue)).astype(np.int64)
+        if ts.shape != c.shape:
+            raise ValueError(f"tissue map shape {ts.shape} differs from {c.shape}")
+        errs = []
+        for name, label in DEEP_GM_LABELS.items():
+            sel = (ts == label) & m
+            e = float(cm[sel].mean() - tm[sel].mean()) if sel.any() else float("nan")
+            out[f"{name}_error_ppm"] = e
+            errs.append(abs(e))
+        out["deep_gm_abs_error_ppm"] = float(np.nanmean(errs)) if np.isfinite(errs).any() \
+            else float("nan")
     return out
 
 

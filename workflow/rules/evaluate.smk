@@ -212,10 +212,14 @@ rule evaluate_overlay:
 if _QSM_TABLE:
 
     rule evaluate_qsm_accuracy:
-        """QSM of one participant against the synthetic truth (inside the pipeline's brain mask)."""
+        """QSM (MEDI and, next to it, TKD of the same local field) of one participant against
+        the synthetic truth, inside the pipeline's brain mask, with deep-GM ROI errors and
+        lesion moments."""
         input:
             chi=out("qsm", "{pid}", "space-MEGRE_Chimap.nii.gz"),
+            chi_tkd=out("qsm", "{pid}", "space-MEGRE_desc-tkd_Chimap.nii.gz"),
             truth=truth_path("{pid}", "space-MEGRE_Chimap.nii.gz"),
+            tissue=truth_path("{pid}", "space-MEGRE_desc-tissue_dseg.nii.gz"),
             mask=out("anat", "{pid}", "space-MEGRE_desc-brain_mask.nii.gz"),
             lesion_map=truth_path("{pid}", "space-MEGRE_desc-lesions_dseg.nii.gz"),
             lesions=truth_path("{pid}", "lesions.tsv"),
@@ -227,7 +231,8 @@ if _QSM_TABLE:
             mem_mb=1500,
             runtime=5,
         shell:
-            "deepmir qsm-accuracy --chi {input.chi} --truth {input.truth} --mask {input.mask} "
+            "deepmir qsm-accuracy --chi {input.chi} --chi-tkd {input.chi_tkd} "
+            "--truth {input.truth} --tissue {input.tissue} --mask {input.mask} "
             "--lesion-map {input.lesion_map} --lesions {input.lesions} "
             "--participant {wildcards.pid} --out {output} > {log} 2>&1"
 

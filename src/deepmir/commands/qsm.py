@@ -226,7 +226,7 @@ def run_qsm_run(args) -> int:
     except ValueError as err:
         raise InputError(args.mag, str(err))
     outs = [(args.chi, res["chi"], aff), (args.r2s, res["r2s"], aff),
-            (args.field, res["local_field"], aff)]
+            (args.field, res["local_field"], aff), (args.chi_tkd, res["chi_tkd"], aff)]
     if args.total_field:
         outs.append((args.total_field, res["total_field"], aff))
     _write_all(outs)
@@ -326,6 +326,8 @@ def register(sub):
     r.add_argument("--r2s", required=True)
     r.add_argument("--field", required=True, help="local field output (ppm)")
     r.add_argument("--total-field", help="optional: unwrapped total field output (ppm)")
+    r.add_argument("--chi-tkd", dest="chi_tkd",
+                   help="optional: TKD susceptibility map of the same local field (ppm)")
     r.add_argument("--qc", help="optional QC PNG")
     r.add_argument("--unwrap", choices=("laplacian", "region_growing"))
     r.add_argument("--background", choices=("pdf", "vsharp"))
@@ -339,6 +341,9 @@ def register(sub):
                    action=argparse.BooleanOptionalAction, default=None,
                    help="inflate the noise map by the echo-fit residual (default on)")
     r.add_argument("--csf-r2s-threshold", dest="csf_r2s_threshold", type=float)
+    r.add_argument("--mask-erode-mm", dest="mask_erode_mm", type=float,
+                   help="erode the brain mask by this radius (mm) for background removal and "
+                        "dipole inversion (default 4.5)")
     r.add_argument("--pdf-tol", dest="pdf_tol", type=float)
     r.add_argument("--pdf-max-iter", dest="pdf_max_iter", type=int)
     r.add_argument("--vsharp-max-radius-mm", dest="vsharp_max_radius_mm", type=float)

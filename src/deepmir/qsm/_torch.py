@@ -81,20 +81,26 @@ def fgrad_adj(g, voxel_size, out: torch.Tensor | None = None) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- SMV kernels
-def sphere_kernel_k(shape, voxel_size, radius_mm: float, device) -> torch.Tensor:
-    """rfft of the normalised spherical mean value kernel of radius ``radius_mm`` on an
-    FFT grid of ``shape`` (real, since the kernel is symmetric)."""
+def sphere_ball(shape, voxel_size, radius_mm: float, device,
+                dtype=torch.float32) -> torch.Tensor:
+    """The normalised ball of radius ``radius_mm`` centred at index 0 of an FFT grid of
+    ``shape`` (wrapped around), i.e. the spherical mean value kernel in image space."""
     coords = []
     for ax, (n, d) in enumerate(zip(shape, voxel_size)):
-        i = torch.arange(n, device=device, dtype=torch.float32)
+        i = torch.arange(n, device=device, dtype=dtype)
         i = torch.minimum(i, n - i) * float(d)
         view = [1] * 3
         view[ax] = n
         coords.append(i.reshape(view))
     r2 = coords[0] ** 2 + coords[1] ** 2 + coords[2] ** 2
-    ball = (r2 <= float(radius_mm) ** 2 + 1e-6).to(torch.float32)
-    ball /= ball.sum()
-    return torch.fft.rfftn(ball).real.contiguous()
+    ball = (r2 <= float(radius_mm) ** 2 + 1e-6).to(dtype)
+    return ball / ball.sum()
+
+
+def sphere_kernel_k(shape, voxel_size, radius_mm: float, device) -> torch.Tensor:
+    """rfft of the normalised spherical mean value kernel of radius ``radius_mm`` on an
+    FFT grid of ``shape`` (real, since the kernel is symmetric)."""
+    return torch.fft.rfftn(sphere_ball(shape, voxel_size, radius_mm, device)).real.contiguous()
 
 
 def smv(x: torch.Tensor, kernel_k: torch.Tensor) -> torch.Tensor:
@@ -111,15 +117,16 @@ def bbox(mask: np.ndarray):
     return tuple((int(i[0]), int(i[-1]) + 1) for i in idx)
 
 
-def padded_grid(mask: np.ndarray, margin: int):
+def padded_grid(mask: np.ndarray, margin: int, even: bool = False):
     """Bounding box of ``mask`` enlarged by ``margin`` voxels on each side (clipped to the
-    array) and a fast FFT shape at least that large (extra padding lies past the end)."""
+    array) and a fast FFT shape at least that large (extra padding lies past the end;
+    ``even``: even lengths, see :func:`deepmir.dipole.fast_len`)."""
     bb = bbox(mask)
     sl = []
     for (lo, hi), n in zip(bb, mask.shape):
         sl.append(slice(max(lo - margin, 0), min(hi + margin, n)))
     inner = tuple(s.stop - s.start for s in sl)
-    grid = tuple(fast_len(max(n, 2)) for n in inner)
+    grid = tuple(fast_len(max(n, 2), even) for n in inner)
     return tuple(sl), grid
 
 
@@ -141,12 +148,15 @@ def unembed(y: torch.Tensor, sl, full_shape) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- conjugate gradients
-def cg(apply_a, b: torch.Tensor, tol: float, max_iter: int, x0: torch.Tensor | None = None):
-    """Conjugate gradients for a symmetric positive (semi-)definite operator, stopping
-    when ‖r‖ ≤ tol·‖b‖ (MEDI's ``cgsolve``) or after ``max_iter`` iterations.
-    Returns ``(x, iterations, relative residual)``."""
-    bnorm = float(torch.linalg.vector_norm(b))
-    if bnorm == 0.0:
+def cg(apply_a, b: torch.Tensor, tol: float, max_iter: int, x0: torch.Tensor | None = None,
+       replace_every: int = 50):
+    """Conjugate gradients for a symmetric positive (semi-)definite operator as MEDI's
+    ``cgsolve``: stop when ‖r‖ ≤ tol·‖b‖ or after ``max_iter`` iterations; every
+    ``replace_every``-th iteration the recursive residual is replaced by b − A x (one more
+    operator application); the iterate with the smallest residual is returned.
+    Returns ``(x, iterations, relative residual of that iterate)``."""
+    bnorm2 = float(torch.vdot(b.reshape(-1), b.reshape(-1)).real)
+    if bnorm2 == 0.0:
         return torch.zeros_like(b), 0, 0.0
     if x0 is None:
         x = torch.zeros_like(b)
@@ -156,18 +166,25 @@ def cg(apply_a, b: torch.Tensor, tol: float, max_iter: int, x0: torch.Tensor | N
         r = b - apply_a(x)
     p = r.clone()
     rr = float(torch.vdot(r.reshape(-1), r.reshape(-1)).real)
+    best, best_rr = x, rr
     it = 0
-    target = (tol * bnorm) ** 2
+    target = tol * tol * bnorm2
     while it < max_iter and rr > target:
         ap = apply_a(p)
         pap = float(torch.vdot(p.reshape(-1), ap.reshape(-1)).real)
         if pap <= 0:
             break
         alpha = rr / pap
-        x.add_(p, alpha=alpha)
-        r.sub_(ap, alpha=alpha)
+        x = torch.add(x, p, alpha=alpha)    # a new tensor: the best iterate is kept by reference
+        if replace_every and (it + 1) % replace_every == 0:
+            r = b - apply_a(x)
+        else:
+            r.sub_(ap, alpha=alpha)
+        del ap
         rr_new = float(torch.vdot(r.reshape(-1), r.reshape(-1)).real)
         p.mul_(rr_new / rr).add_(r)
         rr = rr_new
         it += 1
-    return x, it, float(np.sqrt(rr)) / bnorm
+        if rr < best_rr:
+            best, best_rr = x, rr
+    return best, it, float(np.sqrt(best_rr / bnorm2))

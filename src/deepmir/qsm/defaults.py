@@ -18,4 +18,5 @@ DEFAULTS = {
     "medi_max_iter": 10,
     "medi_cg_max_iter": 100,
     "residual_weighting": True,     # inflate N_std where the echo fit fails (model error)
+    "mask_erode_mm": 4.5,           # erode the brain mask for PDF and MEDI/TKD (tuned, seed 99)
 }

@@ -19,7 +19,7 @@ from deepmir import GAMMA_BAR_HZ_PER_T
 from deepmir.dipole import dipole_kernel
 
 from ._torch import (as_float, bbox, cg, check_voxel_size, fgrad, fgrad_adj, padded_grid,
-                     embed, unembed, resolve_device, sphere_kernel_k, to_numpy)
+                     embed, unembed, resolve_device, sphere_ball, to_numpy)
 
 
 def ppm_to_rad(delta_te: float, b0_tesla: float) -> float:
@@ -54,6 +54,19 @@ def gradient_weight(magnitude: torch.Tensor, mask: torch.Tensor, voxel_size,
     return tuple((gi.abs() <= thr).to(magnitude.dtype) for gi in g)
 
 
+def erode_mask(mask, voxel_size, radius_mm: float) -> np.ndarray:
+    """Binary erosion of ``mask`` by a ball of ``radius_mm`` (voxel sizes honoured): a voxel
+    stays when every voxel within ``radius_mm`` of it is in the mask. 0 returns the mask."""
+    m = np.asarray(mask) != 0
+    if not radius_mm > 0:
+        return m
+    vs = np.asarray(check_voxel_size(voxel_size))
+    rad = np.maximum(np.floor(radius_mm / vs + 1e-6).astype(int), 0)
+    zz = np.ogrid[tuple(slice(-k, k + 1) for k in rad)]
+    ball = sum((z * v) ** 2 for z, v in zip(zz, vs)) <= radius_mm ** 2 + 1e-6
+    return ndimage.binary_erosion(m, structure=ball, border_value=0)
+
+
 def extract_csf_mask(r2s, mask, voxel_size, threshold: float = 5.0, erode_mm: float = 5.0,
                      n_regions: int = 3, centre_fraction: float = 0.5) -> np.ndarray:
     """CSF mask for MEDI+0 (after MEDI ``extract_CSF``): voxels of the brain mask, eroded by
@@ -62,15 +75,8 @@ def extract_csf_mask(r2s, mask, voxel_size, threshold: float = 5.0, erode_mm: fl
     ``centre_fraction`` of the mask's half-extent along every axis) — the ventricles.
     Returns a bool array (may be empty when no such CSF exists)."""
     m = np.asarray(mask) != 0
-    vs = np.asarray(check_voxel_size(voxel_size))
     r = np.asarray(r2s, np.float32)
-    if erode_mm > 0:
-        rad = np.maximum(np.round(erode_mm / vs).astype(int), 0)
-        zz = np.ogrid[tuple(slice(-k, k + 1) for k in rad)]
-        ball = sum((z * v) ** 2 for z, v in zip(zz, vs)) <= erode_mm ** 2 + 1e-6
-        m_e = ndimage.binary_erosion(m, structure=ball)
-    else:
-        m_e = m
+    m_e = erode_mask(m, voxel_size, erode_mm)
     cand = m_e & (r > 0) & (r < threshold)
     lab, n = ndimage.label(cand)
     if n == 0:
@@ -86,7 +92,75 @@ def extract_csf_mask(r2s, mask, voxel_size, threshold: float = 5.0, erode_mm: fl
 
 
 def _crop(mask_np: np.ndarray, margin: int):
-    return padded_grid(mask_np, margin)
+    return padded_grid(mask_np, margin, even=True)
+
+
+class _DipoleConv:
+    """Circular convolution with the (real, symmetric) dipole kernel on ``grid``, counting
+    FFTs. ``fft="real"`` (default) uses rfftn/irfftn on the half spectrum (χ and the
+    kernel are real); ``fft="complex"`` the full complex FFT as MEDI does (the same result
+    to rounding; kept as the reference)."""
+
+    def __init__(self, grid, kernel_full: torch.Tensor, fft: str = "real"):
+        if fft not in ("real", "complex"):
+            raise ValueError(f"fft must be 'real' or 'complex', got {fft!r}")
+        self.grid = tuple(grid)
+        self.real = fft == "real"
+        self.d = self.half(kernel_full)
+        self.n_fft = 0
+
+    def __call__(self, x: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
+        k = self.d if k is None else k
+        self.n_fft += 2
+        if self.real:
+            xk = torch.fft.rfftn(x)
+            xk.mul_(k)
+            return torch.fft.irfftn(xk, s=self.grid)
+        xk = torch.fft.fftn(x)
+        xk.mul_(k)
+        return torch.fft.ifftn(xk).real.contiguous()
+
+    def half(self, k_full: torch.Tensor) -> torch.Tensor:
+        """A real kernel given on the full grid, in this convolution's layout. For the real
+        path it is first made even, (K(k) + K(−k))/2: real(ifftn(K·fftn(x))) equals the
+        convolution with that even part, so both paths agree exactly even where K is not
+        even itself (the Nyquist planes of an even grid with an oblique B0)."""
+        cplx = torch.complex64 if k_full.dtype == torch.float32 else torch.complex128
+        if not self.real:
+            return k_full.to(cplx)
+        flipped = torch.roll(torch.flip(k_full, (0, 1, 2)), (1, 1, 1), (0, 1, 2))
+        even = 0.5 * (k_full + flipped)
+        # stored complex: multiplying a complex spectrum by a real tensor converts the
+        # latter to complex on every call (about 3× slower than this product)
+        return even[..., : self.grid[-1] // 2 + 1].to(cplx).contiguous()
+
+
+def _tv_weights(x: torch.Tensor, wg, voxel_size, eps: float):
+    """IRLS coefficients of the weighted anisotropic TV, per axis, with the finite-difference
+    scale folded in: c = M_G² / (sqrt(|M_G ∇x|² + ε) · d²) (MEDI's wG·Vr·wG)."""
+    out = []
+    for ax, (wgi, gi) in enumerate(zip(wg, fgrad(x, voxel_size))):
+        c = (wgi * gi).square_().add_(eps).rsqrt_().mul_(wgi * wgi)
+        out.append(c.div_(voxel_size[ax] ** 2))
+    return tuple(out)
+
+
+def _tv_apply(x: torch.Tensor, coef, out: torch.Tensor, tmp=None) -> torch.Tensor:
+    """out = ∇ᵀ(C ∇x) for forward differences with a zero last plane (MEDI's
+    div(wG·Vr·wG·grad(x))), with the voxel-size scale already in ``coef``. ``tmp``: optional
+    work buffers, one per axis, shaped like x less one plane along that axis."""
+    for ax, c in enumerate(coef):
+        n = x.shape[ax]
+        t = None if tmp is None else tmp[ax]
+        t = torch.sub(x.narrow(ax, 1, n - 1), x.narrow(ax, 0, n - 1), out=t)
+        t.mul_(c.narrow(ax, 0, n - 1))
+        if ax == 0:
+            out.narrow(0, 1, n - 1).copy_(t)
+            out.narrow(0, 0, 1).zero_()
+        else:
+            out.narrow(ax, 1, n - 1).add_(t)
+        out.narrow(ax, 0, n - 1).sub_(t)
+    return out
 
 
 def medi_l1(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None,
@@ -95,14 +169,15 @@ def medi_l1(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude
             merit: bool = False, csf_mask=None, lam_csf: float = 100.0,
             percentage: float = 0.9, max_iter: int = 10, tol_norm_ratio: float = 0.1,
             cg_max_iter: int = 100, cg_tol: float = 0.01, eps: float = 1e-6,
-            margin: int = 8, device=None, verbose: bool = False) -> dict:
+            margin: int = 8, fft: str = "real", dtype=torch.float32, device=None,
+            verbose: bool = False) -> dict:
     """MEDI-L1 dipole inversion.
 
     Minimises ‖M_G ∇χ‖₁ + λ‖W(e^{iDχ} − e^{if})‖²₂ (+ λ_CSF‖M_CSF(χ − mean_CSF χ)‖²₂ for
     MEDI+0) by Gauss–Newton with IRLS for the L1 term, as MEDI_L1.m: each outer step solves
     (∇ᵀM_G V M_G∇ + 2λ DᵀW²D [+ λ_CSF P]) dχ = −(gradient) by CG (tol ``cg_tol``, at most
-    ``cg_max_iter``), V = 1/sqrt(|M_G∇χ|² + ε); stops when ‖dχ‖/‖χ‖ < ``tol_norm_ratio`` or
-    after ``max_iter`` steps.
+    ``cg_max_iter``, from dχ = 0), V = 1/sqrt(|M_G∇χ|² + ε); stops when ‖dχ‖/‖χ‖ <
+    ``tol_norm_ratio`` (‖χ‖ before the update, as the toolbox) or after ``max_iter`` steps.
 
     Parameters: ``local_field_ppm`` (X, Y, Z) local field in ppm; ``mask`` brain mask;
     ``voxel_size`` mm; ``b0_dir`` unit B0 direction along the array axes; ``magnitude`` for
@@ -112,10 +187,13 @@ def medi_l1(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude
     and field (MEDI 'smv'); ``merit``: re-weight voxels with large residual after every
     step; ``csf_mask``: MEDI+0 (the result is also referenced to mean χ in the CSF mask).
     The problem is solved on the mask's bounding box plus ``margin`` voxels (circular
-    convolution, like MEDI's own FFTs on the acquisition matrix).
+    convolution, like MEDI's own FFTs on the acquisition matrix). ``fft``: "real"
+    (rfftn, half the work) or "complex" (MEDI's fftn; same result to rounding);
+    ``dtype``: torch.float32 (default) or torch.float64.
 
     Returns ``{"chi": ppm (X, Y, Z) zero outside the (possibly eroded) mask, "mask": that
-    mask, "iterations", "cg_iterations" (list), "n_fft", "seconds", "badpoint"}``.
+    mask, "iterations", "cg_iterations" (list), "ratios" (‖dχ‖/‖χ‖ per step), "n_fft"
+    (FFTs done, forward and inverse counted one each), "grid", "seconds", "badpoint"}``.
     """
     t0 = time.perf_counter()
     vs = check_voxel_size(voxel_size)
@@ -125,7 +203,7 @@ def medi_l1(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude
     sl, grid = _crop(m_np, int(margin))
 
     def put(a):
-        return embed(as_float(a, dev), sl, grid)
+        return embed(as_float(a, dev, dtype), sl, grid)
 
     scale = ppm_to_rad(delta_te, b0_tesla)
     f = put(np.nan_to_num(np.asarray(local_field_ppm, np.float32))) * scale
@@ -138,66 +216,61 @@ def medi_l1(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude
     if csf_mask is not None and np.any(csf_mask):
         csf = put(np.asarray(csf_mask) != 0) > 0
 
-    d = dipole_kernel(grid, vs, b0_dir, rfft=True, device=dev)
-    n_fft = [0]
-
-    def conv(x, k):
-        n_fft[0] += 2
-        return torch.fft.irfftn(torch.fft.rfftn(x) * k, s=grid)
-
+    conv = _DipoleConv(grid, dipole_kernel(grid, vs, b0_dir, device=dev, dtype=dtype), fft)
+    d = conv.d
     sk = None
     tempn = n_std
     if smv:
-        sk = sphere_kernel_k(grid, vs, smv_radius_mm, dev)
-        msk = (conv(msk.to(torch.float32), sk) > 0.999) & msk
+        sk = conv.half(torch.fft.fftn(sphere_ball(grid, vs, smv_radius_mm, dev, dtype)).real)
+        msk = (conv(msk.to(dtype), sk) > 0.999) & msk
         d = (1.0 - sk) * d
         f = (f - conv(f, sk)) * msk
         tempn = torch.sqrt(conv(n_std * n_std, sk).clamp_min(0) + n_std * n_std)
         if csf is not None:
             csf = csf & msk
-    mf = msk.to(torch.float32)
+    mf = msk.to(dtype)
     w = dataterm_weight(tempn, msk)
-    w2 = w * w
+    w2l = (2.0 * lam) * w * w          # 2λ W², applied between the two convolutions
     wg = gradient_weight(mag, mf, vs, percentage)
     if csf is not None and not bool(csf.any()):
         csf = None
-    csf_f = None if csf is None else csf.to(torch.float32)
+    csf_f = None if csf is None else csf.to(dtype)
     n_csf = None if csf is None else float(csf_f.sum())
 
     def p_csf(x):  # projection M_CSF (x − mean_CSF x), self-adjoint and idempotent
         return csf_f * (x - (x * csf_f).sum() / n_csf)
 
-    x = torch.zeros(grid, dtype=torch.float32, device=dev)
-    cg_its = []
+    buf = torch.empty(grid, dtype=dtype, device=dev)
+    tmp = [torch.empty(tuple(n - (a == ax) for a, n in enumerate(grid)), dtype=dtype,
+                       device=dev) for ax in range(3)]
+    x = torch.zeros(grid, dtype=dtype, device=dev)
+    cg_its, ratios = [], []
     it = 0
     ratio = np.inf
     n_std_cur = n_std.clone()
     badpoint = torch.zeros(grid, dtype=torch.bool, device=dev)
     while ratio > tol_norm_ratio and it < max_iter:
         it += 1
-        gx = fgrad(x, vs)
-        vr = tuple(1.0 / torch.sqrt((wgi * gi) ** 2 + eps) for wgi, gi in zip(wg, gx))
-        coef = tuple(wgi * vri * wgi for wgi, vri in zip(wg, vr))
+        coef = _tv_weights(x, wg, vs, eps)
 
-        def apply_a(dx, coef=coef):
-            g = fgrad(dx, vs)
-            r = fgrad_adj(tuple(c * gi for c, gi in zip(coef, g)), vs)
-            r = r + (2.0 * lam) * conv(w2 * conv(dx, d), d)
+        def apply_a(dx, coef=coef, w2l=w2l):
+            r = conv(conv(dx, d).mul_(w2l), d)
+            r.add_(_tv_apply(dx, coef, buf, tmp))
             if csf_f is not None:
-                r = r + lam_csf * p_csf(dx)
+                r.add_(p_csf(dx), alpha=lam_csf)
             return r
 
-        dxx = conv(x, d)
-        b = fgrad_adj(tuple(c * gi for c, gi in zip(coef, gx)), vs)
-        b = b + (2.0 * lam) * conv(w2 * torch.sin(dxx - f), d)
+        b = conv(torch.sin(conv(x, d).sub_(f)).mul_(w2l), d)
+        b.add_(_tv_apply(x, coef, buf, tmp))
         if csf_f is not None:
-            b = b + lam_csf * p_csf(x)
-        dx, n_cg, _ = cg(apply_a, -b, cg_tol, cg_max_iter)
-        n_fft[0] += 4 * (n_cg + 1)
+            b.add_(p_csf(x), alpha=lam_csf)
+        dx, n_cg, _ = cg(apply_a, b.neg_(), cg_tol, cg_max_iter)
         cg_its.append(n_cg)
         xn = float(torch.linalg.vector_norm(x))
         ratio = float(torch.linalg.vector_norm(dx)) / xn if xn > 0 else np.inf
-        x = x + dx
+        ratios.append(ratio)
+        x.add_(dx)
+        del dx, b
         if verbose:
             print(f"medi: iter {it} cg {n_cg} ratio {ratio:.3g}")
         if merit:
@@ -215,7 +288,7 @@ def medi_l1(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude
                     tempn = torch.sqrt(conv(n_std_cur * n_std_cur, sk).clamp_min(0)
                                        + n_std_cur * n_std_cur)
                 w = dataterm_weight(tempn, msk)
-                w2 = w * w
+                w2l = (2.0 * lam) * w * w
 
     chi = x / scale * mf
     if csf is not None:
@@ -224,8 +297,9 @@ def medi_l1(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude
     out_mask = to_numpy(unembed(msk, sl, full_shape))
     bad = to_numpy(unembed(badpoint, sl, full_shape))
     return {"chi": out_chi.astype(np.float32), "mask": out_mask.astype(bool),
-            "iterations": it, "cg_iterations": cg_its, "n_fft": n_fft[0],
-            "grid": tuple(grid), "seconds": time.perf_counter() - t0, "badpoint": bad}
+            "iterations": it, "cg_iterations": cg_its, "ratios": ratios,
+            "n_fft": conv.n_fft, "grid": tuple(grid),
+            "seconds": time.perf_counter() - t0, "badpoint": bad}
 
 
 def tkd(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), threshold: float = 0.19,

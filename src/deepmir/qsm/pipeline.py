@@ -14,7 +14,7 @@ from deepmir import GAMMA_BAR_HZ_PER_T
 
 from .background import pdf, vsharp
 from .fit import fit_multi_echo, r2star_map
-from .inversion import extract_csf_mask, medi_l1, tkd
+from .inversion import erode_mask, extract_csf_mask, medi_l1, tkd
 from .unwrap import unwrap_laplacian, unwrap_region_growing
 
 from deepmir.qsm.defaults import DEFAULTS  # noqa: E402  (torch-free, for the CLI)
@@ -55,7 +55,9 @@ def reconstruct(mag, phase, te, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0),
     axes; ``phase_sign`` ±1 (see docs/conventions.md); ``params``: overrides of
     ``DEFAULTS``. Returns a dict of float32 arrays ``chi`` (ppm), ``local_field`` (ppm),
     ``total_field`` (ppm, unwrapped, before background removal), ``noise_std`` (ppm),
-    ``r2s`` (s⁻¹), ``mask`` (final, bool), ``csf_mask`` (bool) and ``timings`` (s per stage)
+    ``r2s`` (s⁻¹), ``mask`` (final, bool: the brain mask eroded by ``mask_erode_mm``, and by
+    MEDI's SMV when on), ``chi_tkd`` (TKD of the same local field, ppm), ``csf_mask`` (bool)
+    and ``timings`` (s per stage)
     plus ``info`` (iterations etc.).
     """
     p = dict(DEFAULTS)
@@ -96,15 +98,20 @@ def reconstruct(mag, phase, te, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0),
     r2s = np.clip(r2s, 0, 1000).astype(np.float32)
     timings["r2star"] = time.perf_counter() - t
 
+    # the QSM mask: the brain mask eroded by mask_erode_mm (the field at the brain surface is
+    # not the mean field of the voxel: intra-voxel dephasing next to bone and air)
+    m_q = erode_mask(m, voxel_size, float(p["mask_erode_mm"]))
+    if not m_q.any():
+        raise ValueError(f"the brain mask is empty after eroding it by {p['mask_erode_mm']} mm")
     t = time.perf_counter()
     if p["background"] == "pdf":
-        bg = pdf(total, m, voxel_size, b0_dir, noise_std=noise, tol=p["pdf_tol"],
+        bg = pdf(total * m_q, m_q, voxel_size, b0_dir, noise_std=noise, tol=p["pdf_tol"],
                  max_iter=int(p["pdf_max_iter"]), device=dev)
-        local, m_local = bg["local"], m
+        local, m_local = bg["local"], m_q
         info["pdf_iterations"] = bg["iterations"]
     elif p["background"] == "vsharp":
         radii = np.arange(float(p["vsharp_max_radius_mm"]), 0.5, -1.0)
-        bg = vsharp(total, m, voxel_size, radii_mm=radii, device=dev)
+        bg = vsharp(total * m_q, m_q, voxel_size, radii_mm=radii, device=dev)
         local, m_local = bg["local"], bg["mask"]
     else:
         raise ValueError(f"unknown background removal {p['background']!r}")
@@ -126,18 +133,22 @@ def reconstruct(mag, phase, te, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0),
         chi, m_final = res["chi"], res["mask"]
         info.update(medi_iterations=res["iterations"], medi_cg=res["cg_iterations"],
                     medi_fft=res["n_fft"], medi_grid=res["grid"])
-    elif p["inversion"] == "tkd":
-        chi, m_final = tkd(local, m_local, voxel_size, b0_dir, threshold=p["tkd_threshold"],
-                           device=dev), m_local
-        if csf.any():
-            chi = (chi - chi[csf].mean()) * m_final
-    else:
+    elif p["inversion"] != "tkd":
         raise ValueError(f"unknown dipole inversion {p['inversion']!r}")
     timings["inversion"] = time.perf_counter() - t
+    # TKD of the same local field (the closed-form baseline; referenced like MEDI+0)
+    t = time.perf_counter()
+    chi_tkd = tkd(local, m_local, voxel_size, b0_dir, threshold=p["tkd_threshold"], device=dev)
+    if csf.any():
+        chi_tkd = (chi_tkd - chi_tkd[csf].mean()) * m_local
+    timings["tkd"] = time.perf_counter() - t
+    if p["inversion"] == "tkd":
+        chi, m_final = chi_tkd, m_local
     if log:
         log("qsm: " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items())
             + f" on {dev}; " + ", ".join(f"{k}={v}" for k, v in info.items()))
-    return {"chi": chi.astype(np.float32), "local_field": (local * m_local).astype(np.float32),
+    return {"chi": chi.astype(np.float32), "chi_tkd": chi_tkd.astype(np.float32),
+            "local_field": (local * m_local).astype(np.float32),
             "total_field": total, "noise_std": noise * m, "r2s": r2s * m,
             "mask": m_final.astype(bool), "csf_mask": csf, "timings": timings, "info": info,
             "delta_te": dt}
