@@ -287,7 +287,7 @@ def register(sub) -> None:
                    help="T1w path: drop voxels below this × the median magnitude in the mask")
     b.add_argument("--close-mm", type=_nonneg, default=2.0,
                    help="T1w path: closing radius of the refinement")
-    b.add_argument("--working-mm", type=_positive, default=2.0,
+    b.add_argument("--working-mm", type=_positive, default=3.0,
                    help="T1w path: voxel size of the template-to-T1w registration")
     b.add_argument("--smooth-mm", type=_nonneg, default=1.0,
                    help="magnitude path: Gaussian FWHM before the Otsu threshold")
