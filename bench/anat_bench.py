@@ -9,9 +9,14 @@ transforms, N4 white-matter CV before/after (and the CV of image/true-bias, the 
 correction can go below) and the correlation of estimated and true bias in the brain, and the
 Dice of both brain-mask methods.
 
-Usage (2 cores: keep it to 1–2 participants):
+A summary line per participant closes the output (the acceptance numbers; several
+participants: ``--participants 0 1 2 …``; each paper-scale one takes ≈ 1–2 min to simulate
+and ≈ 1.5–3 min to run, so ``--sim-cache`` helps when repeating).
+
+Usage:
     .venv/bin/python bench/anat_bench.py --scale paper --participants 0
     .venv/bin/python bench/anat_bench.py --scale demo --participants 0 --oblique-lps
+    .venv/bin/python bench/anat_bench.py --participants 0 1 2 3 --sim-cache /tmp/anat-sim
 Extra ``deepmir n4`` options go after ``--n4``, e.g. ``--n4 --iterations 50 50 50``.
 """
 from __future__ import annotations
@@ -70,7 +75,7 @@ def run_stage(name, argv, threads):
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"stage {name} failed:\n{text}")
     return {"stage": name, "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime,
-            "peak_mb": peak, "log": text.strip()}
+            "peak_mb": peak, "load1": os.getloadavg()[0], "log": text.strip()}
 
 
 def eroded(mask):
@@ -78,9 +83,34 @@ def eroded(mask):
     return mask & ~ndi.binary_dilation(~mask)
 
 
-def one_participant(cfg, seed, index, work, threads, n4_extra):
-    t0 = time.time()
+def simulated(cfg, seed, index, cache=None):
+    """What the benchmark needs of ``simulate(cfg, seed, index)``; with ``cache`` (a folder)
+    kept there as a pickle and re-used by later runs with the same settings (delete the
+    folder after changing the simulation code)."""
+    import hashlib
+    import pickle
+    key = hashlib.sha1(json.dumps([cfg, seed, index], sort_keys=True).encode()).hexdigest()
+    path = None if cache is None else Path(cache) / f"anat-sim-{key[:16]}.pkl"
+    if path is not None and path.is_file():
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
     sim = simulate(cfg, seed, index)
+    keep = {"gre_affine": sim["gre_affine"], "mag": sim["mag"],
+            "echo_times": sim["echo_times"], "truth": {"brain": sim["truth"]["brain"]},
+            "anat": {c: {k: a[k] for k in ("image", "affine", "bias", "brain", "tissue",
+                                             "xfm_to_gre")}
+                     for c, a in sim["anat"].items()}}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".tmp"), "wb") as fh:
+            pickle.dump(keep, fh, protocol=4)
+        os.replace(path.with_suffix(".tmp"), path)
+    return keep
+
+
+def one_participant(cfg, seed, index, work, threads, n4_extra, cache=None):
+    t0 = time.time()
+    sim = simulated(cfg, seed, index, cache)
     sim_s = time.time() - t0
     work.mkdir(parents=True, exist_ok=True)
     g_aff = sim["gre_affine"]
@@ -145,6 +175,28 @@ def one_participant(cfg, seed, index, work, threads, n4_extra):
     return rows, acc, info
 
 
+def summary(results):
+    """One line per participant: the acceptance numbers of the anatomical stage (registration
+    < 0.5 mm, N4 WM-CV drop ≥ 50 % and bias r ≥ 0.9, mask Dice ≥ 0.95 / 0.90, ≤ 90 s)."""
+    print("\n== summary (drop: WM CV reduction by N4, in brackets by the true bias = floor)")
+    head = (f"{'pid':8s} {'T1w mm':>7s} {'T2w mm':>7s} {'T1w r':>6s} {'T1w drop':>15s} "
+            f"{'T2w r':>6s} {'T2w drop':>15s} {'Dice T1w':>8s} {'Dice mag':>8s} "
+            f"{'wall s':>7s} {'cpu s':>7s} {'peak MB':>7s} {'load1':>5s}")
+    print(head)
+    for res in results:
+        a = res["accuracy"]
+
+        def drop(c):
+            cv0 = a[f"{c} WM CV raw"]
+            return (f"{a[f'{c} CV reduction %']:5.1f}% ({100 * (1 - a[f'{c} WM CV floor'] / cv0):4.1f}%)")
+        load = max(r["load1"] for r in res["stages"])
+        print(f"{res['pid']:8s} {a['T1w displacement_mm']:7.3f} {a['T2w displacement_mm']:7.3f} "
+              f"{a['T1w bias r (brain)']:6.3f} {drop('T1w'):>15s} {a['T2w bias r (brain)']:6.3f} "
+              f"{drop('T2w'):>15s} {a['mask Dice (T1w)']:8.4f} {a['mask Dice (magnitude)']:8.4f} "
+              f"{res['total_wall_s']:7.1f} {res['total_cpu_s']:7.1f} {res['peak_mb']:7.0f} "
+              f"{load:5.2f}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scale", default="paper", choices=("demo", "paper"))
@@ -155,6 +207,8 @@ def main(argv=None):
                     help="GRE and anatomical grids LPS-ordered, GRE 15° oblique")
     ap.add_argument("--workdir", type=Path, help="keep the files here (default: temporary)")
     ap.add_argument("--json", type=Path, help="also write all numbers as JSON")
+    ap.add_argument("--sim-cache", type=Path,
+                    help="keep the simulated participants here and re-use them")
     ap.add_argument("--n4", nargs=argparse.REMAINDER, default=[],
                     help="extra `deepmir n4` options (must come last)")
     args = ap.parse_args(argv)
@@ -169,22 +223,27 @@ def main(argv=None):
         root = args.workdir or Path(tmp)
         for i in args.participants:
             rows, acc, info = one_participant(cfg, args.seed, i, root / f"p{i}", args.threads,
-                                              args.n4)
+                                              args.n4, args.sim_cache)
             pid = f"sub-{i + 1:03d}"
             print(f"\n== {pid} ({args.scale}{', oblique+LPS' if args.oblique_lps else ''}; "
                   f"{info['grid']}; simulated in {info['simulate_s']:.0f} s)")
-            print(f"{'stage':24s} {'wall s':>8s} {'cpu s':>8s} {'peak MB':>8s}")
+            print(f"{'stage':24s} {'wall s':>8s} {'cpu s':>8s} {'peak MB':>8s} {'load1':>6s}")
             for r in rows:
-                print(f"{r['stage']:24s} {r['wall_s']:8.1f} {r['cpu_s']:8.1f} {r['peak_mb']:8.0f}")
-            tw = sum(r["wall_s"] for r in rows if r["stage"] != "brainmask (magnitude)")
-            tc = sum(r["cpu_s"] for r in rows if r["stage"] != "brainmask (magnitude)")
-            print(f"{'total (T1w path)':24s} {tw:8.1f} {tc:8.1f}")
+                print(f"{r['stage']:24s} {r['wall_s']:8.1f} {r['cpu_s']:8.1f} "
+                      f"{r['peak_mb']:8.0f} {r['load1']:6.2f}")
+            main_rows = [r for r in rows if r["stage"] != "brainmask (magnitude)"]
+            tw = sum(r["wall_s"] for r in main_rows)
+            tc = sum(r["cpu_s"] for r in main_rows)
+            peak = max(r["peak_mb"] for r in main_rows)
+            print(f"{'total (T1w path)':24s} {tw:8.1f} {tc:8.1f} {peak:8.0f}")
             for k, v in acc.items():
                 print(f"  {k:28s} {v:.4f}")
             results.append({"pid": pid, "stages": [{k: v for k, v in r.items() if k != "log"}
-                                                   for r in rows], "accuracy": acc, **info})
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+                                                   for r in rows], "accuracy": acc,
+                            "total_wall_s": tw, "total_cpu_s": tc, "peak_mb": peak, **info})
+            if args.json:  # written after every participant: a long run keeps what it has
+                args.json.write_text(json.dumps(results, indent=2))
+    summary(results)
     return 0
 
 

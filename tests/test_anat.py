@@ -139,7 +139,9 @@ def test_n4_rejects_bad_mask(biased_anat):
     with pytest.raises(ValueError):
         A.n4(p["T1w"], aff, mask=np.zeros(shape, bool))
     with pytest.raises(ValueError):
-        A.n4(p["T1w"], aff, mask="brain")
+        A.n4(p["T1w"], aff, mask="skull")
+    with pytest.raises(ValueError):
+        A.n4(p["T1w"], aff, crop_mm=-1)
 
 
 # ------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ def test_schema_fills_every_default():
     validate(cfg, str(SCHEMA))
     a = cfg["anat"]
     assert a["n4"] == {"shrink_factor": 4, "iterations": [50, 50, 50, 50], "tol": 1e-7,
-                       "spline_distance_mm": 200, "mask": "head"}
+                       "spline_distance_mm": 200, "mask": "brain", "crop_mm": 10}
     assert a["registration"]["fixed"] == "first" and a["registration"]["metric"] == "mattes"
     assert a["brain_mask"]["use_t1w"] is True and a["brain_mask"]["margin_mm"] == 5
     # every property of the schema has a default and a description

@@ -112,6 +112,21 @@ def test_anat_truth_transform_maps_the_brain(tiny_sim):
     assert 2 * (unmoved & ref).sum() / (unmoved.sum() + ref.sum()) < dice
 
 
+def test_anat_bias_spans_the_configured_strength_over_the_head(tiny_sim, tiny_cfg):
+    """The T1w/T2w bias field spans 1 ± bias_strength over the head (not over the grid's
+    corners), the T2w's more than the T1w's, and the brain sees a clear part of it."""
+    strength = tiny_cfg["bias_strength"]
+    assert strength["T2w"] > strength["T1w"]
+    for c in ("T1w", "T2w"):
+        a = tiny_sim["anat"][c]
+        head = a["tissue"] > 0
+        lb = np.log(a["bias"][head])
+        assert np.abs(lb - lb.mean()).max() == pytest.approx(np.log1p(strength[c]), rel=1e-3)
+        # inside the brain at least a third of that span, p1–p99
+        lo, hi = np.percentile(np.log(a["bias"][a["brain"]]), [1, 99])
+        assert hi - lo > 2 * np.log1p(strength[c]) / 3, (c, lo, hi)
+
+
 def test_written_cohort_passes_validation_and_reads_back(tiny_bids, tiny_sim, capsys, tmp_path):
     from deepmir import bids
     from deepmir.cli import main

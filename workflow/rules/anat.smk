@@ -68,6 +68,7 @@ rule anat_n4:
         tol=ANAT["n4"]["tol"],
         spline_distance=ANAT["n4"]["spline_distance_mm"],
         mask=ANAT["n4"]["mask"],
+        crop_mm=ANAT["n4"]["crop_mm"],
     conda:
         "../../envs/base.yaml"
     log:
@@ -82,6 +83,7 @@ rule anat_n4:
         "deepmir n4 --input {input:q} --output {output.image} --bias {output.bias} "
         "--shrink-factor {params.shrink_factor} --iterations {params.iterations} "
         "--tol {params.tol} --spline-distance {params.spline_distance} --mask {params.mask} "
+        "--crop-mm {params.crop_mm} "
         "--threads {threads} > {log} 2>&1"
 
 

@@ -129,12 +129,14 @@ def run_n4(args) -> int:
     image, affine = _load(args.input, 3, "anatomical image")
     t0 = time.time()
     corrected, bias = anat.n4(
-        image, affine, mask=None if args.mask == "none" else "head",
+        image, affine, mask=None if args.mask == "none" else args.mask,
         shrink_factor=args.shrink_factor,
         convergence={"iters": list(args.iterations), "tol": args.tol},
-        spline_distance_mm=None if args.spline_distance == 0 else args.spline_distance)
+        spline_distance_mm=None if args.spline_distance == 0 else args.spline_distance,
+        crop_mm=None if args.crop_mm < 0 else args.crop_mm)
     print(f"n4 {args.input}: shrink {args.shrink_factor}, iterations {args.iterations}, tol "
-          f"{args.tol}, spline distance {args.spline_distance} mm, mask {args.mask}; bias "
+          f"{args.tol}, spline distance {args.spline_distance} mm, mask {args.mask}, crop "
+          f"{args.crop_mm} mm; bias "
           f"range {np.percentile(bias[image > 0], [1, 99]).round(3).tolist()} "
           f"({time.time() - t0:.1f} s)")
     niio.save(args.output, corrected, affine, dtype=np.float32)
@@ -228,8 +230,12 @@ def register(sub) -> None:
     p.add_argument("--tol", type=_nonneg, default=1e-7, help="convergence threshold")
     p.add_argument("--spline-distance", type=_nonneg, default=200.0,
                    help="initial B-spline knot spacing in mm; 0 = one mesh element per axis")
-    p.add_argument("--mask", choices=("head", "none"), default="head",
-                   help="fit the field on the head (Otsu foreground) or on every voxel")
+    p.add_argument("--mask", choices=("head", "brain", "none"), default="brain",
+                   help="fit the field on the head (Otsu foreground), on the brain (Otsu, "
+                        "opening, largest component of the input) or on every voxel")
+    p.add_argument("--crop-mm", type=float, default=10.0,
+                   help="fit on the mask's bounding box widened by this much (mm; < 0: on "
+                        "the whole grid)")
     p.add_argument("--threads", type=_positive_int, default=1, help="ITK threads")
     p.set_defaults(func=run_n4)
 
@@ -281,7 +287,7 @@ def register(sub) -> None:
                    help="T1w path: drop voxels below this × the median magnitude in the mask")
     b.add_argument("--close-mm", type=_nonneg, default=2.0,
                    help="T1w path: closing radius of the refinement")
-    b.add_argument("--working-mm", type=_positive, default=2.0,
+    b.add_argument("--working-mm", type=_positive, default=3.0,
                    help="T1w path: voxel size of the template-to-T1w registration")
     b.add_argument("--smooth-mm", type=_nonneg, default=1.0,
                    help="magnitude path: Gaussian FWHM before the Otsu threshold")
