@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["inputs", "anat/n4_T1w", "anat/n4_T2w", "anat/register_T1w", "anat/register_T2w",
@@ -41,6 +42,18 @@ def _machine():
     except ImportError:
         dev = "torch missing"
     return f"{platform.node()} · {os.cpu_count()} CPUs · {dev} · load {load:.1f} at start"
+
+
+def _snakemake(work: Path, configfile: str, cores: int, targets: list[str]):
+    """The workflow in ``work`` (its log in work/snakemake.log); exits with the log's tail on failure."""
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile"),
+           "--directory", str(work), "--configfile", str(work / configfile), "--cores", str(cores),
+           "--", *targets]
+    with open(work / "snakemake.log", "a") as log:
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+    if rc:
+        sys.exit(f"apply_bench: snakemake failed ({work / 'snakemake.log'}):\n"
+                 + (work / "snakemake.log").read_text()[-2000:])
 
 
 def main(argv=None) -> int:
@@ -63,30 +76,25 @@ def main(argv=None) -> int:
     card = json.loads(Path(model).with_name("model.json").read_text())
     work = args.keep or Path(tempfile.mkdtemp(prefix="deepmir-apply-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    smk = Path(sys.executable).parent / "snakemake"
     cfg = {"output_dir": "results", "participants": args.participants,
            "census": {"model": str(Path(model).resolve())},
            "learn": {"device": args.device, "slice_size": 256 if args.synth == "paper" else card["slice_size"]}}
     if args.synth:
         cfg["synth"] = {"scale": args.synth, "n_participants": len(args.participants)}
-        (work / "synth.yaml").write_text(json.dumps(cfg))
-        subprocess.run([str(smk), "-s", str(ROOT / "Snakefile"), "--directory", str(work), "--cores",
-                        str(args.cores), "--quiet", "--configfile", str(work / "synth.yaml"), "synth_dataset",
-                        *[f"results/synthetic_bids/{p}/anat/{p}_T1w.nii.gz" for p in args.participants]],
-                       check=True)
+        (work / "synth.yaml").write_text(yaml.safe_dump(cfg))
+        _snakemake(work, "synth.yaml", args.cores, ["synth_dataset", *[
+            f"results/synthetic_bids/{p}/anat/{p}_T1w.nii.gz" for p in args.participants]])
         cfg["bids_dir"] = str(work / "results" / "synthetic_bids")
         cfg.pop("synth")
     else:
         cfg["bids_dir"] = str(args.bids.resolve())
-    (work / "config.yaml").write_text(json.dumps(cfg))
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     exp = card["experiment"]
     targets = [f"results/census/{p}/{p}_desc-{exp}_census.tsv" for p in args.participants]
     print(f"machine: {_machine()}\nmodel: {model} ({exp}: {', '.join(card['channels'])}, {card['labels']})\n"
           f"dataset: {cfg['bids_dir']} — {', '.join(args.participants)}; workdir {work}", flush=True)
     t0 = time.time()
-    subprocess.run([str(smk), "-s", str(ROOT / "Snakefile"), "--directory", str(work), "--cores",
-                    str(args.cores), "--quiet", "--configfile", str(work / "config.yaml"), *targets],
-                   check=True)
+    _snakemake(work, "config.yaml", args.cores, targets)
     elapsed = time.time() - t0
 
     rows = []
