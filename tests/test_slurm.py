@@ -122,6 +122,24 @@ class Cluster:
         return [dict(zip(("id", "state", "comment"), line.split("|", 2))) for line in out.splitlines()]
 
 
+ETC_CONF = Path("/etc/slurm/slurm.conf")
+
+
+def _plant_killed_cluster_link(tmp_path_factory) -> bool:
+    """Where no SLURM is configured, leave /etc/slurm/slurm.conf as a test run killed before its
+    teardown leaves it (a link to its slurm.conf, its daemons gone): start.sh must replace it."""
+    if ETC_CONF.exists() or ETC_CONF.is_symlink():
+        return False
+    old = tmp_path_factory.mktemp("slurm_killed")
+    (old / "slurm.conf").write_text("# one-node test cluster written by scripts/slurm/start.sh\n")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (old / "pids").write_text(f"munged {gone.pid}\nslurmctld {gone.pid}\n")
+    ETC_CONF.parent.mkdir(parents=True, exist_ok=True)
+    ETC_CONF.symlink_to(old / "slurm.conf")
+    return True
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, request):
     try:
@@ -135,11 +153,14 @@ def cluster(tmp_path_factory, request):
     env = {**os.environ, "SLURMCTLD_PORT": str(_free_port()), "SLURMD_PORT": str(_free_port())}
     env.setdefault("SLURM_MEM_MB", str(min(16000, int(
         int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())[1]) / 1024 * 0.9))))
+    planted = _plant_killed_cluster_link(tmp_path_factory)
     start = subprocess.run(["bash", str(SCRIPTS / "start.sh"), str(root)], env=env, capture_output=True, text=True)
     c = Cluster(root)
     started = c.pids() if (root / "pids").exists() else {}
     try:
         assert start.returncode == 0, f"starting SLURM failed:\n{start.stdout}\n{start.stderr}"
+        if planted:  # start.sh replaced the link a killed earlier test cluster had left
+            assert "no longer runs" in start.stderr and ETC_CONF.resolve() == (root / "slurm.conf").resolve()
         _report(request, f"[slurm] {start.stdout.strip()}; started {started}")
         yield c
     finally:

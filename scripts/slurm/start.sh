@@ -3,7 +3,7 @@
 # with their configuration, keys, sockets, state, logs and pid files inside DIR, on private
 # ports so that a SLURM already on the machine is left alone. The one thing outside DIR:
 # /etc/slurm/slurm.conf becomes a link to DIR/slurm.conf (unless a slurm.conf is there already,
-# then the script refuses), because the commands that Snakemake's SLURM job step runs inside a
+# then the script refuses; a link left by an earlier, killed test cluster is replaced), because the commands that Snakemake's SLURM job step runs inside a
 # job (srun) do not see SLURM_CONF (the jobstep plugin removes SLURM_* variables); stop.sh
 # removes the link.
 #
@@ -71,7 +71,26 @@ PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 CONF
 echo "export SLURM_CONF=$DIR/slurm.conf" > "$DIR/env"
 ETC=/etc/slurm/slurm.conf
-if [ -L "$ETC" ] && [ ! -e "$ETC" ]; then rm -f "$ETC"; fi   # a dangling link of an earlier test
+# a link left by an earlier start.sh whose cluster is gone (its run was killed before stop.sh):
+# the link dangles, or its slurm.conf is one this script wrote and none of the daemons listed
+# beside it (DIR/pids: name pid) still runs under that name
+stale_link() {
+    [ -L "$ETC" ] || return 1
+    local target; target=$(readlink "$ETC")
+    [ -e "$target" ] || return 0
+    head -n 1 "$target" | grep -q "^# one-node test cluster written by scripts/slurm/start.sh" || return 1
+    local pids; pids="$(dirname "$target")/pids"
+    [ -f "$pids" ] || return 0
+    local name pid
+    while read -r name pid; do
+        [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$name" ] && return 1
+    done < "$pids"
+    return 0
+}
+if stale_link; then
+    echo "scripts/slurm/start.sh: removing $ETC -> $(readlink "$ETC"), left by a test cluster that no longer runs" >&2
+    rm -f "$ETC"
+fi
 if [ -e "$ETC" ] || [ -L "$ETC" ]; then
     echo "scripts/slurm/start.sh: $ETC exists (a SLURM is configured on this machine): not touching it" >&2
     exit 1
