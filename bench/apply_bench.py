@@ -78,7 +78,8 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     cfg = {"output_dir": "results", "participants": args.participants,
            "census": {"model": str(Path(model).resolve())},
-           "learn": {"device": args.device, "slice_size": 256 if args.synth == "paper" else card["slice_size"]}}
+           "learn": {"enabled": False, "device": args.device,
+                     "slice_size": 256 if args.synth == "paper" else card["slice_size"]}}
     if args.synth:
         cfg["synth"] = {"scale": args.synth, "n_participants": len(args.participants)}
         (work / "synth.yaml").write_text(yaml.safe_dump(cfg))

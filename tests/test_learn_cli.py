@@ -124,9 +124,17 @@ def test_bad_inputs_one_line_and_nothing_written(tmp_path, capsys):
     assert run("stack", "--channel", f"SWI={bad}", "--mask", p["mask"], "--out", out) == 2
     assert run("stack", "--channel", f"SWI={p['swi']}", "--mask", tmp_path / "nope.nii.gz", "--out", out) == 2
     assert run("stack", "--channel", f"SWI={p['swi']}", "--mask", p["swi"], "--out", out) == 2
+    # slices wider than --pad-to: the centre crop would cut the brain (3..28 of 32 voxels)
+    assert run("stack", "--channel", f"SWI={p['swi']}", "--mask", p["mask"], "--out", out, "--pad-to", 16) == 2
     assert not out.exists()
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and "bad.nii.gz: shape" in err[0] and "nope.nii.gz: no such file" in err[1]
+    assert len(err) == 4 and "bad.nii.gz: shape" in err[0] and "nope.nii.gz: no such file" in err[1]
+    assert "mask.nii.gz: slices of 32×32 voxels do not fit --pad-to 16" in err[3] and "at least 32" in err[3]
+    # a crop through air only is fine
+    narrow = niio.save(tmp_path / "narrow_mask.nii.gz", np.pad(np.ones((12, 12, SHAPE[2]), np.uint8),
+                                                               ((10, 10), (10, 10), (0, 0))), AFFINE)
+    assert run("stack", "--channel", f"SWI={p['swi']}", "--mask", narrow, "--out", out, "--pad-to", 16) == 0
+    out.unlink()
     assert run("stack", "--channel", f"SWI={p['swi']}", "--mask", p["mask"], "--out", out, "--pad-to", 32) == 0
     assert run("train", "--train-stacks", out, "--val-stacks", out, "--label-mode", "cmb",
                "--out-dir", tmp_path / "t", *TINY) == 2

@@ -1,6 +1,7 @@
 """The workflow's DAG: re-running a stage re-runs only what depends on it, and a participant
 added to a dataset runs only its own jobs. Outputs are empty placeholders with up-to-date
 Snakemake metadata (`--touch`), so only the DAG logic is exercised (no computation)."""
+import json
 import re
 import shutil
 import subprocess
@@ -86,3 +87,46 @@ def test_an_unannotated_participant_added_to_a_bids_dataset_runs_only_its_jobs(t
     assert {"inputs", "qsm", "swi", "stack", "apply", "census", "cohort_table"} <= rules, rules
     # no training: the folds and the final model only use annotated participants
     assert not rules & {"learn_train", "final_train", "evaluate_participant", "evaluate_aggregate"}, rules
+
+
+def _model(tmp_path, **card):
+    """A trained-model folder as `census.model` expects it: best.pt and its model.json (the DAG
+    only needs the files; nothing is loaded in a dry run)."""
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "best.pt").write_bytes(b"")
+    (d / "model.json").write_text(json.dumps({"experiment": "swiqsmMulti", "channels": ["SWI", "QSM"],
+                                              "labels": "multiclass", "slice_size": 256,
+                                              "qsm_clip_sigma": 4.0, **card}))
+    return d / "best.pt"
+
+
+def test_a_trained_model_applies_with_learning_off_and_its_own_stack_settings(tmp_path):
+    bids = make_minimal_bids(tmp_path / "bids", subjects=("sub-01", "sub-02", "sub-03"))
+    model = _model(tmp_path)
+    (tmp_path / "config.yaml").write_text(f"bids_dir: {bids}\noutput_dir: results\n"
+                                          f"learn: {{enabled: false}}\ncensus: {{model: {model}}}\n")
+    out = smk(tmp_path, "-n", "-p")
+    jobs = planned(out)
+    for rule in ("stack", "apply", "census"):
+        assert {p for r, p in jobs if r == rule} == {"sub-01", "sub-02", "sub-03"}, (rule, jobs)
+    assert not {r for r, _ in jobs} & {"learn_train", "final_train", "final_split"}
+    stacks = [ln for ln in out.splitlines() if "deepmir stack " in ln]
+    assert len(stacks) == 3 and all("--pad-to 256 --qsm-clip-sigma 4.0" in ln and "--channel QSM=" in ln
+                                    for ln in stacks), stacks
+
+
+def test_a_trained_model_whose_normalisation_differs_from_the_folds_is_refused(tmp_path):
+    bids = make_minimal_bids(tmp_path / "bids", subjects=("sub-01", "sub-02", "sub-03"))
+    for bad, why in (({}, "qsm_clip_sigma 4.0"), (None, "no model.json beside it")):
+        work = tmp_path / str(why).split()[0]
+        work.mkdir()
+        model = _model(work, **(bad or {}))  # clipped at 4 σ; learn's default is 5
+        if bad is None:
+            (model.parent / "model.json").unlink()
+        (work / "config.yaml").write_text(f"bids_dir: {bids}\noutput_dir: results\n" + LEARN
+                                          + f"census: {{model: {model}}}\n")
+        r = subprocess.run([str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--directory", str(work), "-n",
+                            "--configfile", str(work / "config.yaml")], capture_output=True, text=True)
+        assert r.returncode != 0 and why in r.stderr and "deepmir: error" in r.stderr, r.stderr[-2000:]
+        assert not (work / "results").exists()

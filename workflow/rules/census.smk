@@ -5,19 +5,15 @@
 # and nothing is trained (a new BIDS dataset without annotations works).
 from pathlib import Path
 
-from deepmir import niio as _niio
 from deepmir.folds import train_val_split as _train_val_split
 
-validate(config, "../schemas/census.schema.yaml")
-
-CENSUS = config["census"]
+CENSUS = config["census"]   # validated (defaults filled) in learn.smk
 
 
 def _census_spec():
     """(experiment name, {channels, labels}) of the applied model, or (None, None)."""
-    if CENSUS["model"]:
-        card = _niio.read_json(Path(CENSUS["model"]).with_name("model.json"))
-        return card["experiment"], {"channels": card["channels"], "labels": card["labels"]}
+    if APPLIED_CARD:
+        return APPLIED_CARD["experiment"], {k: APPLIED_CARD[k] for k in ("channels", "labels")}
     if not LEARN_EXPERIMENTS:
         return None, None
     name = CENSUS["experiment"] or next(

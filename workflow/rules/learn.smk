@@ -5,10 +5,12 @@
 # builds exactly that fold's split, model and prediction (and the stacks it needs).
 # Helpers for other stages: learn_predictions(), learn_prediction(experiment, pid, kind),
 # LEARN_EXPERIMENTS, learn_participants(experiment).
+from deepmir import niio as _niio
 from deepmir.folds import loo_folds as _loo_folds
 
 
 validate(config, "../schemas/learn.schema.yaml")
+validate(config, "../schemas/census.schema.yaml")
 
 LEARN = config["learn"]
 LEARN_EXPERIMENTS = LEARN["experiments"] if LEARN["enabled"] else {}
@@ -16,6 +18,37 @@ if LEARN["slice_size"] % 2 ** (LEARN["model"]["depth"] - 1):
     sys.exit(f"deepmir: error: config learn.slice_size {LEARN['slice_size']} is not divisible by "
              f"2^(learn.model.depth - 1) = {2 ** (LEARN['model']['depth'] - 1)}")
 _CHANNEL_ORDER = ("SWI", "QSM", "T2")
+_CARD_KEYS = ("experiment", "channels", "labels", "slice_size", "qsm_clip_sigma")
+
+
+def _applied_model_card():
+    """model.json of `census.model` (a trained model applied without training), or None."""
+    census = config["census"]
+    if not (census["enabled"] and census["model"]):
+        return None
+    model = Path(census["model"])
+    card = model.with_name("model.json")
+    for f, what in ((model, "no such file"), (card, "no model.json beside it")):
+        if not f.is_file():
+            sys.exit(f"deepmir: error: census.model {model}: {what}")
+    try:
+        c = _niio.read_json(card)
+    except ValueError as err:
+        sys.exit(f"deepmir: error: {card}: not valid JSON ({err})")
+    missing = [k for k in _CARD_KEYS if k not in c]
+    if missing or not set(c.get("channels", [])) <= set(_CHANNEL_ORDER):
+        sys.exit(f"deepmir: error: {card}: not a deepmir model card "
+                 f"({'lacks ' + ', '.join(missing) if missing else 'unknown channels ' + str(c['channels'])})")
+    return c
+
+
+# An applied model's card sets what the stacks hold: its channels and its QSM clipping (the
+# normalisation it was trained with); slices are padded to the larger of its slice size and
+# learn.slice_size (the network is fully convolutional; `deepmir stack` refuses a size that
+# would cut the brain, so a dataset with a larger matrix needs learn.slice_size raised).
+APPLIED_CARD = _applied_model_card()
+STACK_SETTINGS = {"slice_size": max(LEARN["slice_size"], int(APPLIED_CARD["slice_size"]) if APPLIED_CARD else 0),
+                  "qsm_clip_sigma": (APPLIED_CARD or LEARN)["qsm_clip_sigma"]}
 
 
 def _channel_path(pid, channel):
@@ -29,6 +62,7 @@ def _channel_path(pid, channel):
 def _stack_channels(pid):
     """The channels any experiment needs, in network order; T2 only where there is a T2w."""
     wanted = {c for e in LEARN_EXPERIMENTS.values() for c in e["channels"]}
+    wanted |= set(APPLIED_CARD["channels"] if APPLIED_CARD else ())
     return [c for c in _CHANNEL_ORDER if c in wanted and (c != "T2" or has_anat(pid, "T2w"))]
 
 
@@ -53,6 +87,12 @@ for _exp in LEARN_EXPERIMENTS:
         left = sorted(set(ANNOTATED) - set(learn_participants(_exp)))
         print(f"deepmir: learn experiment {_exp}: {', '.join(left)} left out (no T2w)", file=sys.stderr)
 
+if APPLIED_CARD and any(_folds(e) for e in LEARN_EXPERIMENTS) and (
+        float(LEARN["qsm_clip_sigma"]) != float(STACK_SETTINGS["qsm_clip_sigma"])):
+    sys.exit(f"deepmir: error: census.model was trained on QSM clipped at qsm_clip_sigma "
+             f"{STACK_SETTINGS['qsm_clip_sigma']}, learn.qsm_clip_sigma is {LEARN['qsm_clip_sigma']} and the "
+             f"folds share the stacks: set it to the model's or learn.enabled: false")
+
 LEARN_DIR = f"{OUT}/learn"
 
 
@@ -75,10 +115,7 @@ def learn_predictions(kind="dseg"):
     return [learn_prediction(e, p, kind) for e in LEARN_EXPERIMENTS for p in _folds(e)]
 
 
-if LEARN_EXPERIMENTS:
-
-    wildcard_constraints:
-        experiment="|".join(LEARN_EXPERIMENTS),
+if LEARN_EXPERIMENTS or APPLIED_CARD:
 
     rule stack:
         """A participant's training/prediction stack: each channel z-scored in the brain (QSM
@@ -94,8 +131,8 @@ if LEARN_EXPERIMENTS:
         params:
             channels=lambda wc, input: " ".join(f"--channel {c}={input[c]}" for c in _stack_channels(wc.pid)),
             dseg=lambda wc, input: f"--dseg {input.dseg}" if "dseg" in input.keys() else "",
-            size=LEARN["slice_size"],
-            clip=LEARN["qsm_clip_sigma"],
+            size=STACK_SETTINGS["slice_size"],
+            clip=STACK_SETTINGS["qsm_clip_sigma"],
         log:
             log_path("stacks", "{pid}"),
         benchmark:
@@ -106,6 +143,12 @@ if LEARN_EXPERIMENTS:
         shell:
             "deepmir stack {params.channels} --mask {input.mask} {params.dseg} --out {output} "
             "--pad-to {params.size} --qsm-clip-sigma {params.clip} > {log} 2>&1"
+
+
+if LEARN_EXPERIMENTS:
+
+    wildcard_constraints:
+        experiment="|".join(LEARN_EXPERIMENTS),
 
     rule learn_split:
         """One leave-one-out fold: the test participant, training and validation participants."""

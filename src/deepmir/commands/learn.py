@@ -155,6 +155,14 @@ def cmd_stack(args) -> int:
     axial, lr = axes_from_affine(m_aff)
     x, y, meta = make_stack(channels, mask > 0, labels, axial, pad_to=args.pad_to,
                             qsm_clip_sigma=args.qsm_clip_sigma, lr_axis=lr)
+    if meta["cropped"]:  # slices larger than --pad-to are centre-cropped: never through the brain
+        m = np.moveaxis(mask > 0, axial, 0)
+        (oh, ow), (lh, lw) = meta["orig_start"], meta["length"]
+        cut = int(m.sum() - m[:, oh:oh + lh, ow:ow + lw].sum())
+        if cut:
+            raise InputError(args.mask, f"slices of {m.shape[1]}×{m.shape[2]} voxels do not fit --pad-to "
+                                        f"{args.pad_to} (learn.slice_size) without cutting {cut} brain voxels: "
+                                        f"raise it to at least {max(m.shape[1:])}, a multiple of 2^(depth−1)")
     save_stack(args.out, x, y, meta, m_aff, mask > 0)
     return 0
 
