@@ -59,3 +59,23 @@ def test_hand_built_census():
     counts = participant_counts(c)
     assert counts["cmb_total"] == 1 and counts["probable_calcifications"] == 1
     assert shell(labels == 2, 1).sum() > 0
+
+
+def test_final_split_is_seeded_and_refuses_too_few_participants(tmp_path, capsys):
+    import json
+
+    from deepmir.cli import main
+
+    pids = [f"sub-{i:02d}" for i in range(1, 9)]
+    outs = []
+    for n in range(2):
+        out = tmp_path / f"split{n}.json"
+        assert main(["final-split", "--participants", *pids, "--seed", "3", "--val-fraction", "0.25",
+                     "--out", str(out)]) == 0
+        outs.append(json.loads(out.read_text()))
+    assert outs[0] == outs[1] and len(outs[0]["val"]) == 2
+    assert sorted(outs[0]["train"] + outs[0]["val"]) == pids
+    bad = tmp_path / "bad.json"
+    assert main(["final-split", "--participants", "sub-01", "--out", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "at least 2 participants" in err[0] and not bad.exists()

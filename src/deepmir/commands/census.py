@@ -143,7 +143,10 @@ def run_mni_warp(args) -> int:
 
 def run_final_split(args) -> int:
     from deepmir import folds
-    split = folds.train_val_split(args.participants, args.seed, args.val_fraction)
+    try:
+        split = folds.train_val_split(args.participants, args.seed, args.val_fraction)
+    except ValueError as err:  # fewer than 2 participants, a fraction outside (0, 1)
+        raise InputError("--participants", str(err)) from None
     niio.write_json(args.out, split)
     return 0
 

@@ -182,7 +182,7 @@ def cg(apply_a, b: torch.Tensor, tol: float, max_iter: int, x0: torch.Tensor | N
             r.sub_(ap, alpha=alpha)
         del ap
         rr_new = float(torch.vdot(r.reshape(-1), r.reshape(-1)).real)
-        p.mul_(rr_new / rr).add_(r)
+        torch.add(r, p, alpha=rr_new / rr, out=p)     # p = r + β p in one pass
         rr = rr_new
         it += 1
         if rr < best_rr:

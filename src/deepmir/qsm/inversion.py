@@ -237,8 +237,12 @@ def medi_l1(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude
     csf_f = None if csf is None else csf.to(dtype)
     n_csf = None if csf is None else float(csf_f.sum())
 
-    def p_csf(x):  # projection M_CSF (x − mean_CSF x), self-adjoint and idempotent
-        return csf_f * (x - (x * csf_f).sum() / n_csf)
+    def add_p_csf(r, x, alpha):
+        """r += alpha · M_CSF (x − mean_CSF x) (a self-adjoint, idempotent projection), in
+        three passes over the grid and without temporaries (it runs in every CG iteration)."""
+        mean = torch.dot(x.reshape(-1), csf_f.reshape(-1)) / n_csf   # a tensor: no device sync
+        r.addcmul_(csf_f, x, value=alpha)
+        return r.addcmul_(csf_f, mean, value=-alpha)
 
     buf = torch.empty(grid, dtype=dtype, device=dev)
     tmp = [torch.empty(tuple(n - (a == ax) for a, n in enumerate(grid)), dtype=dtype,
@@ -257,13 +261,13 @@ def medi_l1(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude
             r = conv(conv(dx, d).mul_(w2l), d)
             r.add_(_tv_apply(dx, coef, buf, tmp))
             if csf_f is not None:
-                r.add_(p_csf(dx), alpha=lam_csf)
+                add_p_csf(r, dx, lam_csf)
             return r
 
         b = conv(torch.sin(conv(x, d).sub_(f)).mul_(w2l), d)
         b.add_(_tv_apply(x, coef, buf, tmp))
         if csf_f is not None:
-            b.add_(p_csf(x), alpha=lam_csf)
+            add_p_csf(b, x, lam_csf)
         dx, n_cg, _ = cg(apply_a, b.neg_(), cg_tol, cg_max_iter)
         cg_its.append(n_cg)
         xn = float(torch.linalg.vector_norm(x))
