@@ -29,11 +29,13 @@ def test_syn_coordinate_map_recovers_a_known_deformation():
     assert err_syn.mean() < 1.2 and err_syn.mean() < 0.4 * err_affine.mean()
 
 
-def test_affine_coordinates_and_lookup_are_exact():
+def test_lookup_in_an_affine_coordinate_map_is_exact():
     M = anat.rigid_matrix((5, -3, 8), (4, -2, 7))              # x_target = M @ x_MNI
     aff = np.diag([1.5, 1.5, 2.0, 1.0])
     aff[:3, 3] = [-40, -50, -30]
-    c = template.affine_coordinates(M, (50, 60, 40), aff)
+    # the MNI coordinate map of that affine: x_MNI = M⁻¹ x_target at every voxel
+    c = anat.apply_transform(np.linalg.inv(M), anat.world_coords((50, 60, 40), aff).reshape(-1, 3))
+    c = c.reshape(50, 60, 40, 3).astype(np.float32)
     pts = np.array([[10.25, 20.5, 7.75], [33.0, 41.2, 18.6]])
     world = pts @ aff[:3, :3].T + aff[:3, 3]
     expect = world @ np.linalg.inv(M)[:3, :3].T + np.linalg.inv(M)[:3, 3]

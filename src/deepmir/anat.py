@@ -230,8 +230,10 @@ def n4_brain_mask(image, affine, working_mm=2.0):
     return resample_to(m.astype(np.float32), s_aff, None, img.shape, affine, order=1) > 0.5
 
 
-def _n4_once(img, affine, mask, shrink_factor, conv, spline, rescale_intensities, weight_mask,
-             crop_mm):
+def _n4_fit(img, affine, mask, shrink_factor, conv, spline, rescale_intensities, weight_mask,
+            crop_mm):
+    """The bias field antspyx's N4 fits on ``mask`` (cropped to its box widened by
+    ``crop_mm``), on the whole image grid."""
     ants = _ants()
     sl = tuple(slice(0, n) for n in img.shape)
     aff = np.asarray(affine, dtype=float)
@@ -299,28 +301,25 @@ def n4(image, affine, mask="brain", shrink_factor=4, convergence=None, spline_di
         raise ValueError("spline_distance_mm must be positive")
     if crop_mm is not None and float(crop_mm) < 0:
         raise ValueError("crop_mm must be ≥ 0")
-    brain_first = False
-    if isinstance(mask, str):
-        if mask not in ("head", "brain"):
-            raise ValueError(f"unknown N4 mask {mask!r} (head, brain, or an array)")
-        brain_first = mask == "brain"
-        mask = None if brain_first else head_mask(img, affine)
+    if isinstance(mask, str) and mask not in ("head", "brain"):
+        raise ValueError(f"unknown N4 mask {mask!r} (head, brain, or an array)")
+    if weight_mask is not None and np.shape(weight_mask) != img.shape:
+        raise ValueError(f"weight mask shape {np.shape(weight_mask)} != image shape "
+                         f"{img.shape}")
+    if isinstance(mask, str) and mask == "brain":
+        mask = n4_brain_mask(img, affine)
+        if mask.sum() < 1000:
+            raise ValueError("N4: the brain mask of the input is (nearly) empty")
+    elif isinstance(mask, str):
+        mask = head_mask(img, affine)
     if mask is not None:
         mask = np.asarray(mask, bool)
         if mask.shape != img.shape:
             raise ValueError(f"mask shape {mask.shape} != image shape {img.shape}")
         if not mask.any():
             raise ValueError("N4 mask is empty")
-    if weight_mask is not None and np.shape(weight_mask) != img.shape:
-        raise ValueError(f"weight mask shape {np.shape(weight_mask)} != image shape "
-                         f"{img.shape}")
-    args = (shrink_factor, conv, spline, rescale_intensities, weight_mask, crop_mm)
-    if brain_first:
-        brain = n4_brain_mask(img, affine)
-        if brain.sum() < 1000:
-            raise ValueError("N4: the brain mask of the input is (nearly) empty")
-        mask = brain
-    bias = _n4_once(img, affine, mask, *args)
+    bias = _n4_fit(img, affine, mask, shrink_factor, conv, spline, rescale_intensities,
+                   weight_mask, crop_mm)
     # corrected = input / bias is exactly what N4 outputs (without rescaling); computing it
     # here avoids a second N4 run.
     corrected = np.where(bias > 0, img / np.where(bias > 0, bias, 1), 0).astype(np.float32)
@@ -446,9 +445,8 @@ def rigid_register(moving, moving_affine, fixed, fixed_affine, metric="mattes",
         finest_mm = float(finest_mm)
         if finest_mm <= 0:
             raise ValueError("finest_mm must be positive")
-        fixed_full, fixed_affine_full = fixed, fixed_affine
+        fixed_affine_full, moving_affine_full = fixed_affine, moving_affine
         fixed, fixed_affine = downsample(fixed, fixed_affine, finest_mm)
-        moving_full, moving_affine_full = moving, moving_affine
         moving, moving_affine = downsample(moving, moving_affine, finest_mm)
         if fixed_mask is not None:
             fixed_mask = resample_to(np.asarray(fixed_mask, np.float32), fixed_affine_full,
@@ -457,7 +455,6 @@ def rigid_register(moving, moving_affine, fixed, fixed_affine, metric="mattes",
             moving_mask = resample_to(np.asarray(moving_mask, np.float32),
                                       moving_affine_full, None, moving.shape, moving_affine,
                                       order=1) > 0.5
-        del fixed_full, moving_full
         f = max(1, int(np.floor(finest_mm / voxel_sizes(fixed_affine).min() + 1e-6)))
         shrink_factors = (4 * f, 2 * f, f)
         smoothing_sigmas = (1.5 * f, 1.0 * f, 0.5 * f)

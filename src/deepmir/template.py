@@ -28,11 +28,6 @@ DEFAULT_SYN = {"working_mm": 2.0, "iterations": (40, 20, 0), "flow_sigma": 3.0,
 _OUTSIDE = 1e6   # ANTs takes no NaN as default value; anything this far is "outside"
 
 
-def template_coordinates(tpl_shape, tpl_affine):
-    """(3, *shape) world coordinates (RAS mm) of every template voxel."""
-    ijk = np.indices(tpl_shape, dtype=np.float32).reshape(3, -1)
-    xyz = np.asarray(tpl_affine, float)[:3, :3] @ ijk + np.asarray(tpl_affine, float)[:3, 3:]
-    return xyz.reshape((3, *tpl_shape)).astype(np.float32)
 
 
 def warp_template_to_t1(t1, t1_affine, M_tpl_to_t1, seed=42, syn=None):
@@ -69,19 +64,10 @@ def warp_template_to_t1(t1, t1_affine, M_tpl_to_t1, seed=42, syn=None):
         coords = np.stack([
             ants.apply_transforms(fixed, anat.to_ants(c, tpl_aff), transforms,
                                   interpolator="linear", defaultvalue=_OUTSIDE).numpy()
-            for c in template_coordinates(tpl.shape, tpl_aff)], axis=-1)
+            for c in np.moveaxis(anat.world_coords(tpl.shape, tpl_aff), -1, 0).astype(np.float32)],
+            axis=-1)
     coords[np.abs(coords).max(-1) > _OUTSIDE / 10] = np.nan   # outside the template's grid
     return coords.astype(np.float32), t1_aff
-
-
-def affine_coordinates(M_tpl_to_target, shape, affine):
-    """MNI coordinate map of a grid from an affine (x_target = M @ x_MNI): the fallback when
-    no warp is available."""
-    ijk = np.indices(shape, dtype=np.float64).reshape(3, -1)
-    world = np.asarray(affine, float)[:3, :3] @ ijk + np.asarray(affine, float)[:3, 3:]
-    Minv = np.linalg.inv(np.asarray(M_tpl_to_target, float))
-    mni = Minv[:3, :3] @ world + Minv[:3, 3:]
-    return np.moveaxis(mni.reshape((3, *shape)), 0, -1).astype(np.float32)
 
 
 def coordinates_on_grid(coords, coords_affine, M_src_to_target, shape, affine):

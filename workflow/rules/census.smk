@@ -3,8 +3,6 @@
 # — annotated or not, including ones added later (only their jobs run) — and a lesion census
 # per participant with cohort tables. With `census.model` set, that trained model is applied
 # and nothing is trained (a new BIDS dataset without annotations works).
-from pathlib import Path
-
 from deepmir.folds import train_val_split as _train_val_split
 
 CENSUS = config["census"]   # validated (defaults filled) in learn.smk

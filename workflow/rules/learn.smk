@@ -5,6 +5,8 @@
 # builds exactly that fold's split, model and prediction (and the stacks it needs).
 # Helpers for other stages: learn_predictions(), learn_prediction(experiment, pid, kind),
 # LEARN_EXPERIMENTS, learn_participants(experiment).
+from pathlib import Path
+
 from deepmir import niio as _niio
 from deepmir.folds import loo_folds as _loo_folds
 
