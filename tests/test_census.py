@@ -79,3 +79,29 @@ def test_final_split_is_seeded_and_refuses_too_few_participants(tmp_path, capsys
     assert main(["final-split", "--participants", "sub-01", "--out", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "at least 2 participants" in err[0] and not bad.exists()
+
+
+def test_census_and_mni_warp_refuse_missing_or_bad_files_in_one_line(tmp_path, capsys):
+    from deepmir import niio
+    from deepmir.cli import main
+
+    out = tmp_path / "out.nii.gz"
+    assert main(["mni-warp", "--t1w", str(tmp_path / "t1.nii.gz"), "--mask-json", str(tmp_path / "m.json"),
+                 "--xfm", str(tmp_path / "x.txt"), "--ref", str(tmp_path / "r.nii.gz"), "--output", str(out)]) == 2
+    labels = niio.save(tmp_path / "labels.nii.gz", np.zeros((8, 8, 8), np.uint8), np.eye(4))
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "bad.txt").write_text("1 2 3\n")
+    tsv = tmp_path / "census.tsv"
+    assert main(["census", "--labels", str(tmp_path / "nope.nii.gz"), "--output", str(tsv)]) == 2
+    assert main(["census", "--labels", str(labels), "--mask-json", str(tmp_path / "bad.json"),
+                 "--output", str(tsv)]) == 2
+    assert main(["census", "--labels", str(labels), "--mni-xfm", str(tmp_path / "bad.txt"),
+                 "--output", str(tsv)]) == 2
+    assert main(["census", "--labels", str(labels), "--chi", str(tmp_path / "chi.nii.gz"),
+                 "--output", str(tsv)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 5, err
+    assert "t1.nii.gz: T1w not found" in err[0] and "nope.nii.gz: label map not found" in err[1]
+    assert "bad.json: brain-mask JSON is not valid JSON" in err[2]
+    assert "bad.txt: expected a 4×4 matrix" in err[3] and "chi.nii.gz: QSM not found" in err[4]
+    assert not out.exists() and not tsv.exists()

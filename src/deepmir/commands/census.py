@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from deepmir import niio
+from deepmir.commands.qsm import _load as _load_image   # missing/unreadable → one-line InputError
 from deepmir.errors import InputError
 
 
@@ -64,8 +65,31 @@ def register(sub):
     p.set_defaults(func=run_table)
 
 
+def _json(path, what):
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(path, f"{what} not found")
+    try:
+        return niio.read_json(p)
+    except ValueError as err:
+        raise InputError(path, f"{what} is not valid JSON ({err})") from None
+
+
+def _matrix(path):
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(path, "transform not found")
+    try:
+        m = np.loadtxt(p)
+    except ValueError as err:
+        raise InputError(path, f"not a text matrix ({err})") from None
+    if m.shape != (4, 4):
+        raise InputError(path, "expected a 4×4 matrix")
+    return m
+
+
 def _grid(path, ref_shape, ref_aff, what):
-    a, aff = niio.load(path)
+    a, aff = _load_image(path, what)
     if a.shape[:3] != tuple(ref_shape) or not np.allclose(aff, ref_aff, atol=1e-3):
         raise InputError(path, f"{what} is not on the grid of the label map {tuple(ref_shape)}")
     return a
@@ -74,7 +98,7 @@ def _grid(path, ref_shape, ref_aff, what):
 def run_census(args) -> int:
     from deepmir import census
     from deepmir.synth import anatomy
-    labels, aff = niio.load(args.labels)
+    labels, aff = _load_image(args.labels, "label map")
     if labels.ndim != 3:
         raise InputError(args.labels, f"expected a 3D label map, found shape {labels.shape}")
     bad = sorted(set(np.unique(labels)) - {0, 1, 2})
@@ -96,11 +120,11 @@ def run_census(args) -> int:
         to_mni = lambda x: template.mni_at(coords, np.asarray(x) @ inv_aff[:3, :3].T + inv_aff[:3, 3])
         atlas = anatomy.head_model(args.atlas or None)
     elif args.mni_xfm:
-        m = np.loadtxt(args.mni_xfm)
-        if m.shape != (4, 4):
-            raise InputError(args.mni_xfm, "expected a 4×4 matrix")
-    elif args.mask_json and "TemplateToMEGRE" in niio.read_json(args.mask_json):
-        m = np.linalg.inv(np.asarray(niio.read_json(args.mask_json)["TemplateToMEGRE"], float))
+        m = _matrix(args.mni_xfm)
+    elif args.mask_json:
+        info = _json(args.mask_json, "brain-mask JSON")
+        if "TemplateToMEGRE" in info:
+            m = np.linalg.inv(np.asarray(info["TemplateToMEGRE"], float))
     if m is not None:
         to_mni = lambda x: np.asarray(x) @ m[:3, :3].T + m[:3, 3]
         atlas = anatomy.head_model(args.atlas or None)
@@ -125,16 +149,14 @@ def run_mni_warp(args) -> int:
     from deepmir import template
     from deepmir.commands.anat import _threads
     _threads(args.threads)
-    t1, t1_aff = niio.load(args.t1w)
+    t1, t1_aff = _load_image(args.t1w, "T1w")
     if t1.ndim != 3:
         raise InputError(args.t1w, f"expected a 3D T1w, found shape {t1.shape}")
-    info = niio.read_json(args.mask_json)
+    info = _json(args.mask_json, "brain-mask JSON")
     if "TemplateToT1w" not in info:
         raise InputError(args.mask_json, "no TemplateToT1w (the mask was not made from a T1w)")
-    xfm = np.loadtxt(args.xfm)
-    if xfm.shape != (4, 4):
-        raise InputError(args.xfm, "expected a 4×4 matrix")
-    ref, ref_aff = niio.load(args.ref)
+    xfm = _matrix(args.xfm)
+    ref, ref_aff = _load_image(args.ref, "reference image")
     syn = {k: v for k, v in (("iterations", args.iterations), ("working_mm", args.working_mm)) if v}
     coords, c_aff = template.warp_template_to_t1(t1, t1_aff, info["TemplateToT1w"], seed=args.seed, syn=syn)
     niio.save(args.output, template.coordinates_on_grid(coords, c_aff, xfm, ref.shape[:3], ref_aff), ref_aff)
