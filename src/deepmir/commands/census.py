@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from deepmir import niio
-from deepmir.commands.qsm import _load as _load_image   # missing/unreadable → one-line InputError
+from deepmir.commands.qsm import _load as _load_image, _read_json  # missing/unreadable → one-line InputError
 from deepmir.errors import InputError
 
 
@@ -65,16 +65,6 @@ def register(sub):
     p.set_defaults(func=run_table)
 
 
-def _json(path, what):
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(path, f"{what} not found")
-    try:
-        return niio.read_json(p)
-    except ValueError as err:
-        raise InputError(path, f"{what} is not valid JSON ({err})") from None
-
-
 def _matrix(path):
     p = Path(path)
     if not p.is_file():
@@ -122,7 +112,7 @@ def run_census(args) -> int:
     elif args.mni_xfm:
         m = _matrix(args.mni_xfm)
     elif args.mask_json:
-        info = _json(args.mask_json, "brain-mask JSON")
+        info = _read_json(args.mask_json, "brain-mask JSON")
         if "TemplateToMEGRE" in info:
             m = np.linalg.inv(np.asarray(info["TemplateToMEGRE"], float))
     if m is not None:
@@ -152,7 +142,7 @@ def run_mni_warp(args) -> int:
     t1, t1_aff = _load_image(args.t1w, "T1w")
     if t1.ndim != 3:
         raise InputError(args.t1w, f"expected a 3D T1w, found shape {t1.shape}")
-    info = _json(args.mask_json, "brain-mask JSON")
+    info = _read_json(args.mask_json, "brain-mask JSON")
     if "TemplateToT1w" not in info:
         raise InputError(args.mask_json, "no TemplateToT1w (the mask was not made from a T1w)")
     xfm = _matrix(args.xfm)

@@ -121,16 +121,21 @@ def run_qsm(args) -> int:
 
 
 # ------------------------------------------------------------------------- qsm-run
-def _read_meta(path):
+def _read_json(path, what):
+    """A JSON file's content; missing or unreadable → one-line InputError."""
     from deepmir import niio
 
     p = Path(path)
-    if not p.exists():
-        raise InputError(path, "sidecar JSON not found")
+    if not p.is_file():
+        raise InputError(path, f"{what} not found")
     try:
-        meta = niio.read_json(p)
+        return niio.read_json(p)
     except Exception as err:
-        raise InputError(path, f"cannot read JSON ({type(err).__name__})")
+        raise InputError(path, f"{what} is not valid JSON ({type(err).__name__}: {err})") from None
+
+
+def _read_meta(path):
+    meta = _read_json(path, "sidecar JSON")
     for key in ("EchoTime", "MagneticFieldStrength"):
         if key not in meta:
             raise InputError(path, f"missing {key}")
