@@ -35,7 +35,9 @@ def test_census_reproduces_the_truth_table(tiny_sim):
         assert got.probable_calcification == (row.cls == "calcification")
         if row.cls == "cmb":
             assert got.delta_chi_ppm > 0 and got.swi_contrast > 0
-    assert hits >= 0.95 * len(expected)
+    # the truth region is the one at the table's centroid: through the true deformation the
+    # census finds every one
+    assert hits == len(expected)
     counts = participant_counts(census)
     assert counts["cmb_total"] == int((expected.cls == "cmb").sum())
     assert counts["probable_calcifications"] == len(calc_ids[np.isin(calc_ids, expected.lesion_id)])

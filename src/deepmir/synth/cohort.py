@@ -193,7 +193,8 @@ def simulate(cfg: dict, seed: int, index: int) -> dict:
         "brain": brain,
         "tissue": r.tissue.reshape(sim_shape)[tuple(slice(k // 2, None, k) for k in o)][crop],
     }
-    lesion_map, dseg, table = _lesion_truth(p, r, sim_shape, o, ext, shape, aff, np.prod(fvs))
+    lesion_map, dseg, table = _lesion_truth(p, r, sim_shape, o, ext, shape, aff, np.prod(fvs),
+                                            pose_gre)
     truth.update(lesions=lesion_map, dseg=dseg, table=table)
 
     anat = {}
@@ -204,10 +205,15 @@ def simulate(cfg: dict, seed: int, index: int) -> dict:
             "noise_sigma": float(sigma), "truth": truth, "anat": anat, "phi0": phi0}
 
 
-def _lesion_truth(p, r, sim_shape, o, ext, shape, aff, fine_voxel_volume):
+def _lesion_truth(p, r, sim_shape, o, ext, shape, aff, fine_voxel_volume, pose_gre):
     """Lesion id map and dseg on the GRE grid (a voxel belongs to a lesion when at least half
     of its sub-voxels do; a labelled lesion keeps at least its most-covered voxel), and the
-    per-lesion table."""
+    per-lesion table.
+
+    A lesion's region is the atlas region at its centroid, the point the table gives (the
+    centroid of its labelled voxels, mapped through the participant's true deformation to
+    MNI): what a census of the label map can see. Lesions without a labelled voxel
+    (unlabelled mimics) use their shape centre."""
     big = tuple(np.asarray(sim_shape) // o)
     ids = r.lesion.reshape(sim_shape)
     idx = np.flatnonzero(ids)
@@ -245,8 +251,10 @@ def _lesion_truth(p, r, sim_shape, o, ext, shape, aff, fine_voxel_volume):
         mm = aff[:3, :3] @ cen + aff[:3, 3]
         shape_volume = fine_count[les.id] * fine_voxel_volume
         mni = p.to_mni(np.atleast_2d(les.centre))
-        group, region, hemi = regions.region_of(hm, mni)[0]
         tissue_chi = _surrounding_chi(hm, mni)
+        if len(vox_ijk):  # scanner (GRE world) mm → head mm → MNI
+            mni = p.to_mni(np.atleast_2d(np.linalg.solve(pose_gre, np.append(mm, 1.0))[:3]))
+        group, region, hemi = regions.region_of(hm, mni)[0]
         dchi = les.chi if les.cls in ("cmb", "iron", "calcification") else les.chi - tissue_chi
         rows.append(dict(lesion_id=les.id, cls=les.cls, label=LABEL_OF_CLASS[les.cls],
                          centroid_i=cen[0], centroid_j=cen[1], centroid_k=cen[2],
