@@ -195,7 +195,7 @@ def summary(results):
     print("\n== summary (drop: WM CV reduction by N4, in brackets by the true bias = floor)")
     head = (f"{'pid':8s} {'T1w mm':>7s} {'T2w mm':>7s} {'T1w r':>6s} {'T1w drop':>15s} "
             f"{'T2w r':>6s} {'T2w drop':>15s} {'Dice T1w':>8s} {'Dice mag':>8s} "
-            f"{'wall s':>7s} {'cpu s':>7s} {'peak MB':>7s} {'load1':>5s}")
+            f"{'elapsed':>7s} {'cpu s':>7s} {'peak MB':>7s} {'load1':>5s}")
     print(head)
     for res in results:
         a = res["accuracy"]
