@@ -255,7 +255,7 @@ def main(argv=None):
             if args.jobs > 1:  # bound on both chains' stages at once
                 peak = sum(max(r["peak_mb"] for r in main_rows if c in r["stage"])
                            for c in ("T1w", "T2w"))
-            print(f"{'sum of stages (T1w path)':24s} {tw:8.1f} {tc:8.1f} {peak:8.0f}")
+            print(f"{'sum of stages':24s} {tw:8.1f} {tc:8.1f} {peak:8.0f}")
             print(f"{'elapsed, ' + str(args.jobs) + ' at once':24s} {info['elapsed_s']:8.1f}")
             for k, v in acc.items():
                 print(f"  {k:28s} {v:.4f}")
