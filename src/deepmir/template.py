@@ -28,8 +28,6 @@ DEFAULT_SYN = {"working_mm": 2.0, "iterations": (40, 20, 0), "flow_sigma": 3.0,
 _OUTSIDE = 1e6   # ANTs takes no NaN as default value; anything this far is "outside"
 
 
-
-
 def warp_template_to_t1(t1, t1_affine, M_tpl_to_t1, seed=42, syn=None):
     """SyN registration of the MNI152 template (moving) to the participant's bias-corrected
     T1w (fixed), both at ``working_mm``, started from the affine ``M_tpl_to_t1``
