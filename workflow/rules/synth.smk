@@ -46,6 +46,8 @@ if SYNTHETIC:
             # a participant does not depend on how many others there are: adding participants
             # leaves the existing ones alone
             cfg=json.dumps({k: v for k, v in (config.get("synth") or {}).items() if k != "n_participants"}),
+            # the phantom code's version: a cohort made by older code is made again
+            code=_synth_code_digest(),
         conda:
             "../../envs/base.yaml"
         log:

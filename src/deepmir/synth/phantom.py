@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from deepmir import regions
 from deepmir.synth import anatomy as A
 
 LESION_CLASSES = ["cmb", "iron", "vein", "calcification", "epvs"]
@@ -137,36 +138,53 @@ def draw_participant(rng: np.random.Generator, cfg: dict) -> Participant:
 
 # region selectors in MNI space -------------------------------------------------------------
 
-def _region_masks(hm):
+def region_margin_mm(cfg) -> float:
+    """How far (mm) the centre of a labelled lesion's sampling voxel stays from every census
+    region boundary (:func:`deepmir.regions.region_volume`): half the diagonal of a GRE voxel
+    (closer than that, the lesion's centre lies in a voxel that straddles two regions, so its
+    region is not defined at the resolution the census reads) plus √3/2 mm, the most the
+    ±0.5 mm jitter of :func:`_pick` moves a centre off its voxel."""
+    return float(np.linalg.norm(cfg["gre"]["voxel_size"]) / 2 + np.sqrt(3) / 2)
+
+
+def _region_masks(hm, margin):
     lab, depth, cd = hm.labels, hm.depth, hm.cortex_dist
     deep_gm = np.isin(lab, (A.CAUDATE, A.PUTAMEN, A.PALLIDUM, A.THALAMUS))
+    inner = regions.region_volume(hm)[1] >= margin
     return {
-        "lobar": ((lab == A.GM) & (cd == 0) | (lab == A.WM) & (cd <= 3)) & (hm.lobes > 0) & (depth > 4),
-        "deep": deep_gm & (depth > 4) | (lab == A.WM) & (cd > 10) & (depth > 10),
-        "infratentorial": np.isin(lab, (A.BRAINSTEM, A.CEREBELLUM_GM, A.CEREBELLUM_WM)) & (depth > 4),
-        "pallidum": (lab == A.PALLIDUM) & (depth > 4),
-        "putamen": (lab == A.PUTAMEN) & (depth > 4),
-        "basal_ganglia": np.isin(lab, (A.CAUDATE, A.PUTAMEN, A.PALLIDUM)) & (depth > 4),
-        "white_matter": (lab == A.WM) & (depth > 8),
+        "lobar": ((lab == A.GM) & (cd == 0) | (lab == A.WM) & (cd <= 3)) & (hm.lobes > 0)
+        & (depth > 4) & inner,
+        "deep": (deep_gm & (depth > 4) | (lab == A.WM) & (cd > 10) & (depth > 10)) & inner,
+        "infratentorial": np.isin(lab, (A.BRAINSTEM, A.CEREBELLUM_GM, A.CEREBELLUM_WM))
+        & (depth > 4) & inner,
+        "pallidum": (lab == A.PALLIDUM) & (depth > 4) & inner,
+        "putamen": (lab == A.PUTAMEN) & (depth > 4) & inner,
+        "basal_ganglia": np.isin(lab, (A.CAUDATE, A.PUTAMEN, A.PALLIDUM)) & (depth > 4) & inner,
+        "white_matter": (lab == A.WM) & (depth > 8),    # veins and EPVS: no region in the table
     }
 
 
 _MASK_CACHE: dict = {}
 
 
-def _voxels(hm, name):
-    if name not in _MASK_CACHE:
-        _MASK_CACHE.update({k: np.argwhere(v) for k, v in _region_masks(hm).items()})
-    return _MASK_CACHE[name]
+def _voxels(hm, name, margin):
+    if margin not in _MASK_CACHE:
+        _MASK_CACHE[margin] = {k: np.argwhere(v) for k, v in _region_masks(hm, margin).items()}
+    return _MASK_CACHE[margin][name]
 
 
-def _pick(rng, hm, region, taken, min_dist):
-    vox = _voxels(hm, region)
-    for _ in range(200):
-        ijk = vox[rng.integers(len(vox))]
-        mni = hm.affine[:3, :3] @ ijk + hm.affine[:3, 3] + rng.uniform(-0.5, 0.5, 3)
-        if all(np.linalg.norm(mni - t) >= min_dist for t in taken):
-            return mni
+def _pick(rng, hm, region, taken, min_dist, margin, extent=0.0, gap=0.0):
+    """A random MNI point of ``region`` (voxels ``margin`` from a region boundary, ±0.5 mm
+    jitter) at least ``min_dist`` from every taken centre and with ``gap`` between its
+    ``extent`` (bounding radius, mm) and each taken lesion's: ``taken`` holds (centre, extent).
+    ``region`` may be a tuple of regions tried in turn (a crowded one gives way to the next)."""
+    for name in (region,) if isinstance(region, str) else region:
+        vox = _voxels(hm, name, margin)
+        for _ in range(200):
+            ijk = vox[rng.integers(len(vox))]
+            mni = hm.affine[:3, :3] @ ijk + hm.affine[:3, 3] + rng.uniform(-0.5, 0.5, 3)
+            if all(np.linalg.norm(mni - t) >= max(min_dist, extent + e + gap) for t, e in taken):
+                return mni
     raise RuntimeError(f"could not place a lesion in region {region}")
 
 
@@ -181,13 +199,30 @@ def _random_axes(rng):
     return q
 
 
+def _iron_shape(rng):
+    """Axes, semi-axes and extra blobs (offset from the centre, semi-axes) of an iron deposit,
+    and its bounding radius (mm)."""
+    axes = _random_axes(rng)
+    radii = rng.uniform(1.4, 2.4, 3)
+    blobs = [(axes @ rng.normal(0, 1.2, 3), rng.uniform(1.0, 1.8, 3))
+             for _ in range(int(rng.integers(1, 3)))]
+    extent = max([radii.max()] + [np.linalg.norm(o) + r.max() for o, r in blobs])
+    return axes, radii, blobs, float(extent)
+
+
 def _draw_lesions(rng, cfg, hm, p: Participant):
+    """Lesions of one participant. Every lesion is drawn with its size first and then placed
+    so that a GRE voxel diagonal separates it from every lesion placed before (two lesions
+    that touch would be one connected component in a label map), and a labelled lesion's
+    centre stays :func:`region_margin_mm` from any census-region boundary."""
     lc = cfg["lesions"]
-    taken_mni: list = []
+    margin = region_margin_mm(cfg)
+    gap = float(np.linalg.norm(cfg["gre"]["voxel_size"]))
+    taken: list = []      # (MNI centre, bounding radius)
     out: list[Lesion] = []
 
-    def add(cls, mni, **kw):
-        taken_mni.append(mni)
+    def add(cls, mni, extent, **kw):
+        taken.append((mni, extent))
         out.append(Lesion(id=len(out) + 1, cls=cls, centre=p.from_mni(mni)[0], **kw))
 
     n_cmb = _count(rng, lc["cmb_count_bins"])
@@ -195,35 +230,36 @@ def _draw_lesions(rng, cfg, hm, p: Participant):
     w = np.array([lc["cmb_region_weights"][g] for g in groups], float)
     for _ in range(n_cmb):
         region = groups[rng.choice(len(groups), p=w / w.sum())]
-        mni = _pick(rng, hm, region, taken_mni, 6.0)
         d = float(np.clip(np.exp(rng.normal(np.log(lc["cmb_median_diameter_mm"]), 0.35)), 2, 10))
         if rng.random() < 0.1:
             d = float(rng.uniform(4, 10))
         radii = d / 2 * rng.uniform(0.85, 1.15, 3)
-        add("cmb", mni, chi=float(rng.uniform(0.4, 1.0)), r2s=float(rng.uniform(100, 200)),
-            m0=0.55, t1w=0.9, t2w=0.25, radii=radii, axes=_random_axes(rng))
+        mni = _pick(rng, hm, region, taken, 6.0, margin, radii.max(), gap)
+        add("cmb", mni, radii.max(), chi=float(rng.uniform(0.4, 1.0)),
+            r2s=float(rng.uniform(100, 200)), m0=0.55, t1w=0.9, t2w=0.25, radii=radii,
+            axes=_random_axes(rng))
 
     n_iron = _count(rng, lc["iron_count_bins"])
     placed = 0
     while placed < n_iron:
-        region = "pallidum" if rng.random() < 0.7 else "putamen"
-        mni = _pick(rng, hm, region, taken_mni, 6.0)
-        sides = [mni]
+        region = ("pallidum", "putamen") if rng.random() < 0.7 else ("putamen", "pallidum")
+        shape = _iron_shape(rng)
+        mni = _pick(rng, hm, region, taken, 6.0, margin, shape[3], gap)
+        sides = [(mni, shape)]
         if rng.random() < lc["iron_bilateral_prob"] and placed + 1 < n_iron:
-            mirror = mni * np.array([-1, 1, 1])
-            if all(np.linalg.norm(mirror - t) >= 6 for t in taken_mni):
-                sides.append(mirror)
-        for c in sides:
-            axes = _random_axes(rng)
-            radii = rng.uniform(1.4, 2.4, 3)
-            blobs = [(p.from_mni(c)[0] + axes @ rng.normal(0, 1.2, 3), rng.uniform(1.0, 1.8, 3))
-                     for _ in range(int(rng.integers(1, 3)))]
-            add("iron", c, chi=float(rng.uniform(0.10, 0.25)), r2s=float(rng.uniform(20, 40)),
-                m0=0.95, t1w=0.95, t2w=0.7, radii=radii, axes=axes, blobs=blobs)
+            mirror, shape2 = mni * np.array([-1, 1, 1]), _iron_shape(rng)
+            if all(np.linalg.norm(mirror - t) >= max(6.0, shape2[3] + e + gap)
+                   for t, e in taken + [(mni, shape[3])]):
+                sides.append((mirror, shape2))
+        for c, (axes, radii, blobs, extent) in sides:
+            centre = p.from_mni(c)[0]
+            add("iron", c, extent, chi=float(rng.uniform(0.10, 0.25)),
+                r2s=float(rng.uniform(20, 40)), m0=0.95, t1w=0.95, t2w=0.7, radii=radii,
+                axes=axes, blobs=[(centre + o, r) for o, r in blobs])
             placed += 1
 
     for _ in range(_count(rng, lc["vein_count_bins"])):
-        mni = _pick(rng, hm, "white_matter", taken_mni, 6.0)
+        mni = _pick(rng, hm, "white_matter", taken, 6.0, margin)
         start = p.from_mni(mni)[0]
         direction = rng.normal(size=3)
         direction /= np.linalg.norm(direction)
@@ -232,25 +268,25 @@ def _draw_lesions(rng, cfg, hm, p: Participant):
             direction = direction + rng.normal(0, 0.25, 3)
             direction /= np.linalg.norm(direction)
             pts.append(pts[-1] + 4.0 * direction)
-        taken_mni.append(mni)
+        taken.append((mni, 0.0))
         out.append(Lesion(id=len(out) + 1, cls="vein", centre=np.mean(pts, 0), chi=0.45,
                           r2s=45.0, m0=0.8, t1w=0.9, t2w=0.5, path=np.array(pts),
                           radius=float(rng.uniform(0.7, 1.3))))
 
     for _ in range(_count(rng, lc["calcification_count_bins"])):
-        region = "pallidum" if rng.random() < 0.5 else "basal_ganglia"
-        mni = _pick(rng, hm, region, taken_mni, 6.0)
-        d = float(rng.uniform(2.5, 5))
-        add("calcification", mni, chi=float(-rng.uniform(0.1, 0.5)), r2s=float(rng.uniform(120, 200)),
-            m0=0.35, t1w=0.7, t2w=0.2, radii=d / 2 * rng.uniform(0.85, 1.15, 3),
+        region = ("pallidum", "basal_ganglia") if rng.random() < 0.5 else "basal_ganglia"
+        radii = float(rng.uniform(2.5, 5)) / 2 * rng.uniform(0.85, 1.15, 3)
+        mni = _pick(rng, hm, region, taken, 6.0, margin, radii.max(), gap)
+        add("calcification", mni, radii.max(), chi=float(-rng.uniform(0.1, 0.5)),
+            r2s=float(rng.uniform(120, 200)), m0=0.35, t1w=0.7, t2w=0.2, radii=radii,
             axes=_random_axes(rng))
 
     for _ in range(_count(rng, lc["epvs_count_bins"])):
-        region = "basal_ganglia" if rng.random() < 0.6 else "white_matter"
-        mni = _pick(rng, hm, region, taken_mni, 5.0)
+        region = ("basal_ganglia", "white_matter") if rng.random() < 0.6 else "white_matter"
         radii = np.array([rng.uniform(0.6, 1.2), rng.uniform(0.6, 1.2), rng.uniform(2, 5)])
-        add("epvs", mni, chi=0.019, r2s=4.0, m0=1.0, t1w=0.25, t2w=1.1, radii=radii,
-            axes=_random_axes(rng))
+        mni = _pick(rng, hm, region, taken, 5.0, margin, radii.max(), gap)
+        add("epvs", mni, radii.max(), chi=0.019, r2s=4.0, m0=1.0, t1w=0.25, t2w=1.1,
+            radii=radii, axes=_random_axes(rng))
     return out
 
 
