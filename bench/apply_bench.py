@@ -7,7 +7,8 @@ folder, applying an already trained model (`census.model`, the "I have a trained
 new BIDS dataset" path: nothing is trained), then reads every job's Snakemake benchmark
 (wall s, CPU s, peak RSS) and prints one row per stage, the per-participant totals and the
 1,000-participant projection. The projection's CPU time is the whole run's (rusage of
-Snakemake and all its jobs), since the benchmarks' ``cpu_time`` under-reads threaded jobs. The network part (`apply`) is the only GPU-capable stage.
+Snakemake and all its jobs), since the benchmarks' ``cpu_time`` under-reads threaded jobs.
+The network part (`apply`) is the only GPU-capable stage.
 
 Usage:
     .venv/bin/python bench/apply_bench.py                        # demo scale: results/synthetic_bids

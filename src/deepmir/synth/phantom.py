@@ -173,6 +173,12 @@ def _voxels(hm, name, margin):
     return _MASK_CACHE[margin][name]
 
 
+def _clear(mni, extent, taken, min_dist, gap):
+    """Whether a lesion of bounding radius ``extent`` at ``mni`` is at least ``min_dist`` from
+    every taken centre and ``gap`` from every taken lesion's bounding sphere."""
+    return all(np.linalg.norm(mni - t) >= max(min_dist, extent + e + gap) for t, e in taken)
+
+
 def _pick(rng, hm, region, taken, min_dist, margin, extent=0.0, gap=0.0):
     """A random MNI point of ``region`` (voxels ``margin`` from a region boundary, ±0.5 mm
     jitter) at least ``min_dist`` from every taken centre and with ``gap`` between its
@@ -183,7 +189,7 @@ def _pick(rng, hm, region, taken, min_dist, margin, extent=0.0, gap=0.0):
         for _ in range(200):
             ijk = vox[rng.integers(len(vox))]
             mni = hm.affine[:3, :3] @ ijk + hm.affine[:3, 3] + rng.uniform(-0.5, 0.5, 3)
-            if all(np.linalg.norm(mni - t) >= max(min_dist, extent + e + gap) for t, e in taken):
+            if _clear(mni, extent, taken, min_dist, gap):
                 return mni
     raise RuntimeError(f"could not place a lesion in region {region}")
 
@@ -248,8 +254,7 @@ def _draw_lesions(rng, cfg, hm, p: Participant):
         sides = [(mni, shape)]
         if rng.random() < lc["iron_bilateral_prob"] and placed + 1 < n_iron:
             mirror, shape2 = mni * np.array([-1, 1, 1]), _iron_shape(rng)
-            if all(np.linalg.norm(mirror - t) >= max(6.0, shape2[3] + e + gap)
-                   for t, e in taken + [(mni, shape[3])]):
+            if _clear(mirror, shape2[3], taken + [(mni, shape[3])], 6.0, gap):
                 sides.append((mirror, shape2))
         for c, (axes, radii, blobs, extent) in sides:
             centre = p.from_mni(c)[0]
