@@ -71,11 +71,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--results", type=Path, default=Path("results"))
     ap.add_argument("--bids", type=Path, default=None, help="default: RESULTS/synthetic_bids")
-    ap.add_argument("--atlas", type=Path, default=None, help="default: RESULTS/census/mni_atlas.npz if present")
+    ap.add_argument("--atlas", type=Path, default=None, help="default: RESULTS/atlas/mni_atlas.npz if present")
     ap.add_argument("--affine-only", action="store_true", help="ignore the SyN coordinate maps")
     args = ap.parse_args(argv)
     bids = args.bids or args.results / "synthetic_bids"
-    atlas = args.atlas or args.results / "census" / "mni_atlas.npz"
+    atlas = args.atlas or args.results / "atlas" / "mni_atlas.npz"
     pids = sorted(p.name for p in (args.results / "qsm").glob("sub-*"))
     with tempfile.TemporaryDirectory() as tmp:
         if not atlas.exists():

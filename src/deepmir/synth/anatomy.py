@@ -4,7 +4,7 @@ brain mask, padded so that a head (CSF, skull, scalp, air sinuses) fits around t
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -89,9 +89,8 @@ def head_model(cache=None) -> HeadModel:
     if _MODEL:
         return _MODEL[0]
     if cache is not None and Path(cache).exists():
-        names = {f.name for f in fields(HeadModel)}
         with np.load(cache) as z:
-            _MODEL.append(HeadModel(**{k: z[k] for k in z.files if k in names}))
+            _MODEL.append(HeadModel(**{k: z[k] for k in z.files}))
         return _MODEL[0]
     hm = build_head_model()
     if cache is not None:
