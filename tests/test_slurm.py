@@ -236,7 +236,7 @@ def local_run(slurm_run, tmp_path_factory):
     times, so only the later stages run)."""
     src, _ = slurm_run
     wd = _workdir(tmp_path_factory.mktemp("local_run"))
-    for sub in ("results/synthetic_bids", "results/synth"):
+    for sub in ("results/synthetic_bids", "results/atlas"):
         shutil.copytree(src / sub, wd / sub, copy_function=shutil.copy2)
     proc = _snakemake(wd, *LOCAL_TARGETS, "--profile", REPO / "profiles" / "local", "--cores", "2")
     out = proc.stdout + proc.stderr
@@ -348,7 +348,7 @@ def test_rerun_continues_where_it_stopped(slurm_run, tmp_path):
     """A run stopped after the inputs stage (--until) continues with what is left."""
     src, _ = slurm_run
     wd = _workdir(tmp_path / "wd")
-    for sub in ("results/synthetic_bids", "results/synth"):
+    for sub in ("results/synthetic_bids", "results/atlas"):
         shutil.copytree(src / sub, wd / sub, copy_function=shutil.copy2)
     first = _snakemake(wd, "--cores", "2", "--until", "inputs", "--config", "participants=[sub-001]")
     assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
