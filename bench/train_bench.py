@@ -1,23 +1,32 @@
-"""Training throughput of the DEEPMIR U-Net: slices/s, seconds per epoch, FLOPs per slice,
-achieved fraction of the device's peak, peak memory.
+"""Training speed of the two learners: throughput, achieved FLOP/s, a paper fold's projected
+time, and (with stacks) the time each needs to reach a validation lesion-wise F1 of 0.8.
 
-Times the training loop of :mod:`deepmir.train` (augmentation rendered batch by batch on the
-device, forward, cross-entropy, backward, Adam step; AMP + channels-last on CUDA) on random
-stacks, after warm-up steps, then extrapolates to an epoch of ``--epoch-slices`` training
-slices and ``--val-slices`` validation slices (forward only).
+    .venv/bin/python bench/train_bench.py                        # throughput table, CPU
+    .venv/bin/python bench/train_bench.py --device cuda          # one GPU (AMP on and off)
+    .venv/bin/python bench/train_bench.py --f1-train A.npz B.npz --f1-val C.npz [--budget-s 900]
 
-    .venv/bin/python bench/train_bench.py                 # small CPU size (default)
-    .venv/bin/python bench/train_bench.py --paper         # the study's network and slices
-    python bench/train_bench.py --paper --device cuda     # one GPU
+**Throughput.** ``default`` is the patch learner (``deepmir.learner``) with its default
+settings: 64² patches, 2.5D context (2 modalities × 3 slices), the compact U-Net, batch 16,
+patches drawn by its sampler (lesion oversampling, flips) — patches/s includes the sampling.
+``paper`` is the study's network on full 256² slices (depth 6, width 64, 3 channels, batch
+16) with the study's augmentation rendered per batch (``deepmir.augment``). Both: Adam(W)
+steps on random data after warm-up steps; FLOPs from the convolutions
+(``deepmir.unet.flops_per_slice`` × 3 for a training step), the fraction of the chip's dense
+bf16 peak on CUDA. A paper fold is projected from the paper epoch: 17 training participants ×
+~25 labelled slices × 44 augmented copies (multi-class) × 2 (as many unlabelled) ≈ 37 000
+slices + 6 validation participants likewise (forward only) × 30 epochs.
 
-Paper-scale epoch (default of --paper): 17 training participants × ~25 labelled slices ×
-(1 + 6 + 12 + 1 = 20 augmented copies) × 2 (as many unlabelled as labelled) ≈ 17 000 slices,
-and 6 validation participants likewise ≈ 6 000 slices. Adjust with --epoch-slices/--val-slices.
+**Time to F1 0.8** (``--f1-train``/``--f1-val``, e.g. the demo's ``results/stacks``): each
+network trained by the patch learner's loop (same sampling, loss and validation), validated
+every ``--val-every`` iterations; prints the wall time at the first validation with mean
+lesion-wise F1 ≥ 0.8, or "not reached" with the best F1 and the time spent when the budget
+runs out. Timings drift with the machine's load, which is printed.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -26,152 +35,217 @@ import numpy as np
 import torch
 
 from deepmir.augment import AugmentConfig, make_plan, render
+from deepmir.learner import LearnerConfig, dice_ce_loss, train_patches
+from deepmir.patches import PatchSampler, SamplerConfig
 from deepmir.train import amp_settings, build_model, loss_fn, resolve_device
 from deepmir.unet import flops_per_slice
 
 # dense peak TFLOP/s by GPU name fragment (bf16/fp16 tensor cores, no sparsity)
 PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0,
                "H100 NVL": 835.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+PAPER = dict(size=256, depth=6, width=64, channels=3, batch=16)
+PAPER_EPOCH_SLICES, PAPER_VAL_SLICES, PAPER_EPOCHS = 37400, 13200, 30
 
 
 def peak_tflops(dev: torch.device) -> float | None:
     if dev.type != "cuda":
         return None
     name = torch.cuda.get_device_name(dev)
-    for key, val in PEAK_TFLOPS.items():
-        if key in name:
-            return val
-    return None
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
-def peak_rss_mb() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return r / 1024.0
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--paper", action="store_true",
-                    help="the study's size: 256², depth 6, width 64, 3 channels, batch 16, paper-scale epoch")
-    ap.add_argument("--size", type=int, help="slice size (small 64, paper 256)")
-    ap.add_argument("--depth", type=int, help="U-Net resolutions (small 4, paper 6)")
-    ap.add_argument("--width", type=int, help="base width (small 8, paper 64)")
-    ap.add_argument("--channels", type=int, help="input channels (small 2, paper 3)")
-    ap.add_argument("--classes", type=int, default=1, help="1 (sigmoid) or 3 (softmax)")
-    ap.add_argument("--batch", type=int, help="batch size (small 8, paper 16)")
-    ap.add_argument("--steps", type=int, default=6, help="timed training steps")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    ap.add_argument("--epoch-slices", type=int, help="training slices per epoch, for s/epoch (small 400, paper 17000)")
-    ap.add_argument("--val-slices", type=int, help="validation slices per epoch (small 100, paper 6000)")
-    ap.add_argument("--device", default="cpu", help="cpu, cuda, auto")
-    ap.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
-    ap.add_argument("--no-amp", action="store_true", help="float32 on CUDA too")
-    ap.add_argument("--json", action="store_true", help="print one JSON line instead of text")
-    a = ap.parse_args(argv)
-    preset = dict(size=256, depth=6, width=64, channels=3, batch=16, epoch_slices=17000, val_slices=6000) \
-        if a.paper else dict(size=64, depth=4, width=8, channels=2, batch=8, epoch_slices=400, val_slices=100)
-    for k, v in preset.items():  # explicit options win over the preset
-        if getattr(a, k) is None:
-            setattr(a, k, v)
-    torch.set_num_threads(a.threads)
-    dev = resolve_device(a.device)
-    use_amp, amp_dtype, use_scaler = amp_settings(dev, False if a.no_amp else None)
-    cl = dev.type == "cuda"
+def _timed(step, dev, warmup: int, steps: int) -> float:
+    """Seconds per call of ``step(i)`` after ``warmup`` untimed calls."""
+    for i in range(warmup):
+        step(i)
+    _sync(dev)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(warmup + i)
+    _sync(dev)
+    return (time.perf_counter() - t0) / steps
 
-    # source stack: random slices, a third with a label dot; an augmentation plan over it
+
+def _random_volume(rng, slices, channels, size):
+    x = rng.normal(size=(slices, channels, size, size)).astype(np.float32)
+    y = np.zeros((slices, size, size), np.uint8)
+    for k, s in enumerate(range(2, slices - 2, 4)):
+        c = int(rng.integers(16, size - 16))
+        y[s, c - 1:c + 2, c - 1:c + 2] = 1 + k % 2
+    brain = np.zeros_like(y, dtype=bool)
+    brain[:, size // 8:-size // 8, size // 8:-size // 8] = True
+    return {"x": x, "y": y, "brain": brain, "voxel_size": (1.5, 1.0, 1.0)}
+
+
+def patch_throughput(dev, amp, steps, warmup, cfg: LearnerConfig, modalities=2, slice_size=160) -> dict:
+    """Patches/s of the default learner's training step (sampling included)."""
     rng = np.random.default_rng(0)
-    n_src = max(8, a.batch)
-    x = torch.from_numpy(rng.normal(size=(n_src, a.channels, a.size, a.size)).astype(np.float32)).to(dev)
-    y = torch.zeros(n_src, a.size, a.size, dtype=torch.uint8)
-    for s in range(0, n_src, 3):
-        c = a.size // 2
-        y[s, c - 2:c + 2, c - 2:c + 2] = 1 if a.classes == 1 else 1 + s % 2
+    vols = [_random_volume(rng, 24, modalities, slice_size) for _ in range(2)]
+    sampler = PatchSampler(vols, SamplerConfig(cfg.patch_size, cfg.context, cfg.fg_fraction, cfg.hard_fraction))
+    in_ch = modalities * (2 * cfg.context + 1)
+    model = build_model(3, in_ch, cfg.model, seed=0).to(dev).train()
+    use_amp, dtype, use_scaler = amp_settings(dev, amp)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    scaler = torch.amp.GradScaler(dev.type, enabled=use_scaler)
+
+    def step(i):
+        xb, yb = sampler.batch(np.random.default_rng([0, i]), cfg.batch_size)
+        xb, yb = torch.from_numpy(xb).to(dev), torch.from_numpy(yb).to(dev)
+        with torch.autocast(device_type=dev.type, dtype=dtype, enabled=use_amp):
+            logits = model(xb)
+        loss = dice_ce_loss(logits, yb)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    sec = _timed(step, dev, warmup, steps)
+    flops = flops_per_slice(model, in_ch, cfg.patch_size, cfg.patch_size)
+    return {"learner": "default (patch)", "input": f"{cfg.patch_size}² × {in_ch} ch",
+            "network": f"depth {cfg.depth}, width {cfg.base_width}", "batch": cfg.batch_size,
+            "amp": bool(use_amp), "per_s": cfg.batch_size / sec, "unit": "patches/s",
+            "gflop_fwd": flops / 1e9, "tflops": 3 * flops * cfg.batch_size / sec / 1e12,
+            "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
+
+
+def paper_throughput(dev, amp, steps, warmup, batch=None) -> dict:
+    """Slices/s of the study's network and augmentation, and a paper fold's projected time."""
+    p = dict(PAPER, batch=batch or PAPER["batch"])
+    rng = np.random.default_rng(0)
+    n_src = max(8, p["batch"])
+    x = torch.from_numpy(rng.normal(size=(n_src, p["channels"], p["size"], p["size"])).astype(np.float32)).to(dev)
+    y = torch.zeros(n_src, p["size"], p["size"], dtype=torch.uint8)
+    y[::3, 126:130, 126:130] = 1
     y = y.to(dev)
-    plan = make_plan(y.cpu().numpy().reshape(n_src, -1).any(1), AugmentConfig(), seed=0)
-    model = build_model(a.classes, a.channels, {"depth": a.depth, "base_width": a.width}, seed=0).to(dev)
+    plan = make_plan(y.cpu().numpy().reshape(n_src, -1).any(1), AugmentConfig.multi_class(), seed=0)
+    model = build_model(3, p["channels"], {"depth": p["depth"], "base_width": p["width"]}, seed=0).to(dev)
+    cl = dev.type == "cuda"
     if cl:
         model.to(memory_format=torch.channels_last)
+    use_amp, dtype, use_scaler = amp_settings(dev, amp)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler(dev.type, enabled=use_scaler)
-    flops = flops_per_slice(model, a.channels, a.size, a.size)
 
     def batch(i):
-        rows = (np.arange(a.batch) + i * a.batch) % len(plan)
+        rows = (np.arange(p["batch"]) + i * p["batch"]) % len(plan)
         xb, yb = render(x, y, plan.index[rows], plan.params[rows], -2)
         return (xb.contiguous(memory_format=torch.channels_last) if cl else xb), yb
 
     def step(i):
         xb, yb = batch(i)
-        with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
+        with torch.autocast(device_type=dev.type, dtype=dtype, enabled=use_amp):
             logits = model(xb)
         loss = loss_fn(logits, yb)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
-        return loss
-
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
 
     model.train()
-    for i in range(a.warmup):
-        step(i)
-    sync()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    t0 = time.perf_counter()
-    for i in range(a.steps):
-        step(a.warmup + i)
-    sync()
-    t_train = (time.perf_counter() - t0) / (a.steps * a.batch)
-
+    sec = _timed(step, dev, warmup, steps)
     model.eval()
     with torch.no_grad():
         xb, _ = batch(0)
-        for _ in range(2):
-            with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
-                model(xb)
-        sync()
-        t0 = time.perf_counter()
-        n_eval = max(1, a.steps // 2)
-        for i in range(n_eval):
-            xb, _ = batch(i)
-            with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
-                model(xb)
-        sync()
-        t_eval = (time.perf_counter() - t0) / (n_eval * a.batch)
 
-    sec_epoch = a.epoch_slices * t_train + a.val_slices * t_eval
-    achieved = 3 * flops / t_train / 1e12  # training ≈ forward + 2× backward
+        def fwd(i):
+            with torch.autocast(device_type=dev.type, dtype=dtype, enabled=use_amp):
+                model(xb)
+        sec_eval = _timed(fwd, dev, 1, max(1, steps // 2))
+    flops = flops_per_slice(model, p["channels"], p["size"], p["size"])
+    per_slice = sec / p["batch"]
+    fold_s = PAPER_EPOCHS * (PAPER_EPOCH_SLICES * per_slice + PAPER_VAL_SLICES * sec_eval / p["batch"])
+    return {"learner": "paper", "input": f"{p['size']}² × {p['channels']} ch",
+            "network": f"depth {p['depth']}, width {p['width']}", "batch": p["batch"], "amp": bool(use_amp),
+            "per_s": 1 / per_slice, "unit": "slices/s", "gflop_fwd": flops / 1e9,
+            "tflops": 3 * flops / per_slice / 1e12, "paper_fold_h": fold_s / 3600,
+            "params_M": sum(q.numel() for q in model.parameters()) / 1e6}
+
+
+def time_to_f1(train_paths, val_paths, dev, budget_s, val_every, target=0.8) -> list[dict]:
+    """Both networks trained by the patch learner's loop until validation F1 ≥ target."""
+    from deepmir.commands.learn import _volumes
+
+    tv, ref = _volumes(train_paths, None)
+    vv, _ = _volumes(val_paths, list(ref[0]))
+    rows = []
+    for name, over in (("default (patch)", {}),
+                       ("paper network", {"depth": PAPER["depth"], "base_width": PAPER["width"]})):
+        cfg = LearnerConfig.from_dict({"iterations": 100000, "val_every": val_every, **over})
+        seen = {"best": 0.0, "t": None, "it": None, "elapsed": 0.0}
+
+        def on_val(it, f1, elapsed):
+            seen["best"], seen["elapsed"] = max(seen["best"], f1), elapsed
+            if f1 >= target and seen["t"] is None:
+                seen["t"], seen["it"] = elapsed, it
+            return seen["t"] is not None or elapsed > budget_s
+
+        train_patches(tv, vv, "multiclass", cfg, seed=0, device=dev, progress=False, on_validation=on_val)
+        rows.append({"learner": name, "reached": seen["t"] is not None, "seconds": seen["t"] or seen["elapsed"],
+                     "iteration": seen["it"], "best_f1": seen["best"]})
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, auto")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    ap.add_argument("--steps", type=int, default=5, help="timed training steps per measurement")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    ap.add_argument("--paper-batch", type=int, help="paper network batch (default 16; on a CPU 2 keeps it short)")
+    ap.add_argument("--tiny", action="store_true", help="small default-learner patches and no paper network (CI)")
+    ap.add_argument("--amp", choices=("auto", "on", "off", "both"), default="auto",
+                    help="mixed precision (auto: on for CUDA); both measures each network with and without")
+    ap.add_argument("--f1-train", nargs="+", metavar="NPZ", help="training stacks for the time-to-F1 runs")
+    ap.add_argument("--f1-val", nargs="+", metavar="NPZ", help="validation stacks for the time-to-F1 runs")
+    ap.add_argument("--budget-s", type=float, default=900, help="time-to-F1: give up after this many seconds")
+    ap.add_argument("--val-every", type=int, default=50, help="time-to-F1: iterations between validations")
+    ap.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    dev = resolve_device(a.device)
+    amps = {"auto": [None], "on": [True], "off": [False], "both": [True, False]}[a.amp]
+    load = os.getloadavg()[0]
+    host = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {a.threads} thread(s)"
+    print(f"# train_bench on {host}; load average {load:.2f} on {os.cpu_count()} cores at start")
+
+    rows = []
+    cfg = LearnerConfig.from_dict({"patch_size": 32, "batch_size": 4, "depth": 3, "base_width": 8} if a.tiny else {})
+    for amp in amps:
+        rows.append(patch_throughput(dev, amp, a.steps, a.warmup, cfg))
+        if not a.tiny:
+            rows.append(paper_throughput(dev, amp, a.steps, a.warmup, a.paper_batch))
     peak = peak_tflops(dev)
-    res = {
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({a.threads} thread(s))",
-        "size": a.size, "depth": a.depth, "width": a.width, "channels": a.channels, "classes": a.classes,
-        "batch": a.batch, "amp": bool(use_amp), "channels_last": cl,
-        "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
-        "gflops_per_slice_fwd": flops / 1e9,
-        "train_slices_per_s": 1 / t_train, "eval_slices_per_s": 1 / t_eval,
-        "epoch_slices": a.epoch_slices, "val_slices": a.val_slices,
-        "seconds_per_epoch": sec_epoch, "minutes_per_30_epochs": 30 * sec_epoch / 60,
-        "achieved_tflops": achieved, "fraction_of_peak": None if peak is None else achieved / peak,
-        "peak_mem_mb": (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else peak_rss_mb()),
-        "peak_mem_kind": "CUDA max allocated" if dev.type == "cuda" else "process max RSS",
-    }
     if a.json:
-        print(json.dumps(res))
-        return 0
-    print(f"device            {res['device']}  (AMP {res['amp']}, channels-last {cl})")
-    print(f"network           {a.size}² × {a.channels} ch, depth {a.depth}, width {a.width}, "
-          f"{a.classes} class(es), {res['params_M']:.2f} M parameters, batch {a.batch}")
-    print(f"FLOPs / slice     {res['gflops_per_slice_fwd']:.3f} GFLOP forward, ≈ {3 * res['gflops_per_slice_fwd']:.3f} training")
-    print(f"throughput        {res['train_slices_per_s']:.1f} training slices/s, {res['eval_slices_per_s']:.1f} eval slices/s")
-    print(f"achieved          {achieved:.4f} TFLOP/s" + ("" if peak is None else f"  ({100 * achieved / peak:.1f} % of {peak:.0f} TFLOP/s peak)"))
-    print(f"epoch             {a.epoch_slices} train + {a.val_slices} val slices: {sec_epoch:.1f} s/epoch, "
-          f"{res['minutes_per_30_epochs']:.1f} min for 30 epochs")
-    print(f"peak memory       {res['peak_mem_mb']:.0f} MB ({res['peak_mem_kind']})")
+        for r in rows:
+            print(json.dumps({**r, "device": host, "peak_tflops": peak}))
+    else:
+        print("| learner | input | network | params (M) | batch | AMP | throughput | GFLOP/sample fwd | "
+              "achieved TFLOP/s | of bf16 peak | paper fold (30 epochs) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for r in rows:
+            frac = f"{100 * r['tflops'] / peak:.1f} %" if peak else "—"
+            fold = f"{r['paper_fold_h']:.1f} h" if "paper_fold_h" in r else "—"
+            print(f"| {r['learner']} | {r['input']} | {r['network']} | {r['params_M']:.2f} | {r['batch']} | "
+                  f"{'on' if r['amp'] else 'off'} | {r['per_s']:.1f} {r['unit']} | {r['gflop_fwd']:.3f} | "
+                  f"{r['tflops']:.4f} | {frac} | {fold} |")
+    if a.f1_train:
+        if not a.f1_val:
+            ap.error("--f1-train needs --f1-val")
+        print(f"\n# time to a validation lesion-wise F1 ≥ 0.8 (multi-class, budget {a.budget_s:.0f} s each)")
+        print("| network (patch learner loop) | reached | seconds | iteration | best F1 |")
+        print("| --- | --- | --- | --- | --- |")
+        for r in time_to_f1(a.f1_train, a.f1_val, dev, a.budget_s, a.val_every):
+            print(f"| {r['learner']} | {'yes' if r['reached'] else 'no'} | {r['seconds']:.0f} | "
+                  f"{r['iteration'] or '—'} | {r['best_f1']:.3f} |")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"# peak memory {torch.cuda.max_memory_allocated(dev) / 2**20:.0f} MB (CUDA)" if dev.type == "cuda"
+          else f"# peak memory {rss:.0f} MB (process max RSS)")
     return 0
 
 

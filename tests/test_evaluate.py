@@ -258,6 +258,26 @@ def test_evaluate_command_with_mimics(tmp_path, capsys):
     assert df.loc[0, "mimic_vein_hits"] == 1 and df.loc[0, "mimic_epvs_hits"] == 0
 
 
+def test_evaluate_command_qsm_rule_rows(tmp_path, capsys):
+    """The QSM rule's rows: a predicted CMB that is diamagnetic (a calcification) is dropped,
+    the true paramagnetic one kept; the iron row is not repeated."""
+    ref = vol((1, [(10, 10, 10)]))
+    pred = vol((1, [(10, 10, 10), (4, 4, 4)]), (2, [(15, 15, 15)]))
+    chi = np.zeros(SHAPE)
+    chi[9:12, 9:12, 9:12] = 0.6
+    chi[3:6, 3:6, 3:6] = -0.4
+    out = tmp_path / "o.tsv"
+    rc, err = run(["evaluate", "--pred", str(save(tmp_path / "p.nii.gz", pred)),
+                   "--ref", str(save(tmp_path / "r.nii.gz", ref)), "--mode", "multiclass",
+                   "--participant", "sub-03", "--experiment", "SWI", "--run", "swiMulti", "--out", str(out),
+                   "--qsm-rule-chi", str(save(tmp_path / "chi.nii.gz", chi))], capsys)
+    assert rc == 0, err
+    df = pd.read_csv(out, sep="\t", na_values=["n/a"])
+    assert list(zip(df.experiment, df["class"])) == [("SWI", "cmb"), ("SWI", "iron"), ("SWI +QSM rule", "cmb")]
+    assert tuple(df.loc[0, ["TP", "FP", "FN"]]) == (1, 1, 0) and tuple(df.loc[2, ["TP", "FP", "FN"]]) == (1, 0, 0)
+    assert list(df.run) == ["swiMulti", "swiMulti", "swiMultiQsmRule"]
+
+
 @pytest.mark.parametrize("case", ["shape", "affine", "labels", "missing", "ref_labels"])
 def test_evaluate_command_bad_input(tmp_path, capsys, case):
     ref = vol((1, [(10, 10, 10)]))

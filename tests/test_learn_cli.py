@@ -16,7 +16,7 @@ from deepmir.cli import main
 
 SHAPE = (32, 32, 6)
 AFFINE = np.array([[0.8, 0, 0, -12], [0, 0.8, 0, -14], [0, 0, 2.0, -5], [0, 0, 0, 1]])
-TINY = ["--depth", "3", "--base-width", "4", "--batch-size", "8", "--lr", "0.01", "--n-translations", "1",
+TINY = ["--learner", "paper", "--depth", "3", "--base-width", "4", "--batch-size", "8", "--lr", "0.01", "--n-translations", "1",
         "--n-rotations", "1", "--max-shift", "6", "--threads", "1", "--quiet"]
 
 
@@ -166,3 +166,61 @@ def test_sigkill_during_training_then_resume_matches_uninterrupted(tmp_path):
     assert a["epoch"] == b["epoch"] == 4
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert all(torch.equal(a["best_model"][k], b["best_model"][k]) for k in a["best_model"])
+
+
+PATCH = ["--patch-json", json.dumps({"iterations": 40, "batch_size": 8, "patch_size": 16, "depth": 3,
+                                     "base_width": 4, "val_every": 20, "checkpoint_every": 10,
+                                     "log_every": 10, "mine_every": 10, "mine_slices": 2}),
+         "--threads", "1", "--quiet"]
+
+
+def test_patch_learner_train_and_predict_at_its_operating_point(tmp_path):
+    stacks = build(tmp_path, ("sub-a", "sub-b", "sub-c"))
+    out = tmp_path / "fold"
+    assert run("train", "--train-stacks", stacks["sub-a"], "--val-stacks", stacks["sub-b"], "--label-mode",
+               "multiclass", "--out-dir", out, *PATCH) == 0
+    assert {"best.pt", "last.pt", "log.tsv", "learning_curve.png", "selection.json"} <= set(os.listdir(out))
+    sel = json.loads((out / "selection.json").read_text())
+    ck = torch.load(out / "best.pt", weights_only=True)
+    assert ck["info"]["learner"] == "patch" and ck["config"]["in_channels"] == 2 * 3
+    assert {int(k): v for k, v in sel["operating_point"].items()} == ck["info"]["operating_point"]
+    assert run("predict", "--model", out / "best.pt", "--stack", stacks["sub-c"], "--out-labels",
+               tmp_path / "pred.nii.gz", "--out-probs", tmp_path / "prob.nii.gz", "--threads", 1) == 0
+    lab, prob = nib.load(tmp_path / "pred.nii.gz"), nib.load(tmp_path / "prob.nii.gz")
+    assert lab.shape == SHAPE and prob.shape == SHAPE + (3,) and np.allclose(lab.affine, AFFINE)
+    mask = np.asarray(nib.load(tmp_path / "sub-c_mask.nii.gz").dataobj) > 0
+    assert not np.asarray(lab.dataobj)[~mask].any()
+    assert run("train", "--train-stacks", stacks["sub-a"], "--val-stacks", stacks["sub-b"], "--label-mode",
+               "cmb", "--out-dir", tmp_path / "bad", "--patch-json", '{"iterations": 0}') == 2
+    assert run("train", "--train-stacks", stacks["sub-a"], "--val-stacks", stacks["sub-b"], "--label-mode",
+               "cmb", "--out-dir", tmp_path / "bad", "--patch-json", '{"iteration": 10}') == 2
+    assert not (tmp_path / "bad").exists()
+
+
+def test_patch_learner_sigkill_then_resume_matches_uninterrupted(tmp_path):
+    stacks = build(tmp_path, ("sub-a", "sub-b"))
+    args = ["train", "--train-stacks", stacks["sub-a"], "--val-stacks", stacks["sub-b"], "--label-mode",
+            "multiclass", *PATCH]
+    assert run(*args, "--out-dir", tmp_path / "full") == 0
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "deepmir.cli", *map(str, args), "--out-dir", str(killed)],
+                            env=env, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not (killed / "last.pt").exists() and proc.poll() is None and time.time() - t0 < 300:
+        time.sleep(0.02)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the training process ended before it could be killed"
+    assert 10 <= torch.load(killed / "last.pt", weights_only=True)["state"]["iteration"] < 40
+    assert run(*args, "--out-dir", killed) == 0
+    a = torch.load(tmp_path / "full" / "best.pt", weights_only=True)
+    b = torch.load(killed / "best.pt", weights_only=True)
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert a["info"]["operating_point"] == b["info"]["operating_point"]
+    la = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    lb = torch.load(killed / "last.pt", weights_only=True)
+    assert all(torch.equal(la["model"][k], lb["model"][k]) for k in la["model"])
+    # the log's losses are the same too (only the seconds column differs)
+    cols = lambda p: [r.split("\t")[:4] for r in (p / "log.tsv").read_text().splitlines()]  # noqa: E731
+    assert cols(tmp_path / "full") == cols(killed)

@@ -126,6 +126,10 @@ def test_stop_after_epoch_then_more_epochs_and_mismatch(tmp_path):
     # other settings: error, or a fresh start
     with pytest.raises(ValueError, match="different data or settings"):
         train(tx, ty, vx, vy, **{**_kwargs(tmp_path), "lr": 1e-3})
+    tx2 = tx.copy()
+    tx2[0, 0, 0, 0] += 1   # other data (e.g. QSM made with another parameter): never resumed
+    with pytest.raises(ValueError, match="different data or settings"):
+        train(tx2, ty, vx, vy, **_kwargs(tmp_path))
     with pytest.raises(ValueError, match="past epochs"):
         train(tx, ty, vx, vy, **{**_kwargs(tmp_path), "epochs": 2})
     fresh = train(tx, ty, vx, vy, **{**_kwargs(tmp_path), "epochs": 2, "on_mismatch": "restart"})

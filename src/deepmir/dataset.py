@@ -159,3 +159,20 @@ def slices_with_label(y: np.ndarray) -> np.ndarray:
     """Boolean [S]: which slices contain any foreground label."""
     y = np.asarray(y)
     return y.reshape(y.shape[0], -1).any(axis=1)
+
+
+def restack(volume: np.ndarray, meta: dict, fill=0) -> np.ndarray:
+    """A 3D volume on the original grid → ``[S, H, W]`` on the stack's grid (the inverse of
+    :func:`unstack`; padding gets ``fill``)."""
+    v = np.moveaxis(np.asarray(volume), meta["axial_axis"], 0)
+    (oh, ow), (sh, sw), (lh, lw) = meta["orig_start"], meta["stack_start"], meta["length"]
+    out = np.full((v.shape[0], meta["pad_to"], meta["pad_to"]), fill, dtype=v.dtype)
+    out[:, sh:sh + lh, sw:sw + lw] = v[:, oh:oh + lh, ow:ow + lw]
+    return out
+
+
+def stack_voxel_size(affine, meta: dict) -> tuple[float, float, float]:
+    """Voxel size (mm) along the stack's axes: slice, row, column."""
+    vs = np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(0))
+    ax = meta["axial_axis"]
+    return tuple(float(v) for v in [vs[ax]] + [vs[a] for a in range(3) if a != ax])

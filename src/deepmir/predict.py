@@ -21,24 +21,74 @@ def model_from_checkpoint(ckpt: dict) -> UNet:
 
 @torch.no_grad()
 def predict_probs(model: torch.nn.Module, x_stack, device=None, batch_size: int = 16,
-                  amp: bool | None = None) -> np.ndarray:
-    """Class probabilities ``[S, K, H, W]`` float32 of a stack ``[S, C, H, W]`` (K = 1: the
-    sigmoid of the single logit; otherwise the softmax over classes)."""
+                  amp: bool | None = None, context: int = 0, tta: bool = False,
+                  slices=None) -> np.ndarray:
+    """Class probabilities ``[N, K, H, W]`` float32 of slices ``slices`` (default: all) of a
+    stack ``[S, C, H, W]`` (K = 1: the sigmoid of the single logit; otherwise the softmax over
+    classes). ``context``: neighbouring slices on each side given as extra channels (2.5D,
+    :func:`deepmir.patches.context_slices`); ``tta``: average over the four in-plane flips."""
+    from deepmir.patches import context_slices
+
     dev = resolve_device(device)
     use_amp, amp_dtype, _ = amp_settings(dev, amp)
     model = model.to(dev).eval()
     if dev.type == "cuda":
         model.to(memory_format=torch.channels_last)
     x_stack = np.asarray(x_stack, dtype=np.float32)
+    index = np.arange(len(x_stack)) if slices is None else np.asarray(slices, dtype=np.int64)
+    flips = [(), (-2,), (-1,), (-2, -1)] if tta else [()]
     out = []
-    for b in range(0, len(x_stack), batch_size):
-        xb = torch.from_numpy(np.ascontiguousarray(x_stack[b:b + batch_size])).to(dev)
+    for b in range(0, len(index), batch_size):
+        xb = torch.from_numpy(context_slices(x_stack, index[b:b + batch_size], context)).to(dev)
         if dev.type == "cuda":
             xb = xb.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
-            logits = model(xb)
-        out.append(probabilities(logits).cpu().numpy())
+        acc = 0
+        for dims in flips:
+            xf = torch.flip(xb, dims) if dims else xb
+            with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
+                p = probabilities(model(xf))
+            acc = acc + (torch.flip(p, dims) if dims else p)
+        out.append((acc / len(flips)).cpu().numpy())
+    if not out:
+        return np.zeros((0, model.n_classes, *x_stack.shape[-2:]), np.float32)
     return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def brain_window(brain, multiple: int, margin: int = 16):
+    """(row0, row1, col0, col1): the in-plane bounding box of ``brain [S, H, W]`` grown by
+    ``margin`` and to a multiple of ``multiple`` voxels per side, inside the slice."""
+    brain = np.asarray(brain, bool)
+    h, w = brain.shape[-2:]
+    rows, cols = np.flatnonzero(brain.any((0, 2))), np.flatnonzero(brain.any((0, 1)))
+    box = []
+    for idx, n in ((rows, h), (cols, w)):
+        if not len(idx):
+            return 0, h, 0, w
+        lo, hi = max(0, idx[0] - margin), min(n, idx[-1] + 1 + margin)
+        size = min(n - n % multiple if n % multiple else n, -(-(hi - lo) // multiple) * multiple)
+        lo = min(max(0, (lo + hi - size) // 2), n - size)
+        box += [lo, lo + size]
+    return tuple(int(b) for b in box)
+
+
+def predict_brain_probs(model: torch.nn.Module, x_stack, brain, device=None, batch_size: int = 16,
+                        amp: bool | None = None, context: int = 0, tta: bool = False) -> np.ndarray:
+    """``[S, K, H, W]`` probabilities of a stack where ``brain [S, H, W]`` is: the slices that
+    hold brain, cropped to :func:`brain_window` (the network is fully convolutional and the
+    stack is zero outside the brain); background probability 1 elsewhere."""
+    x_stack = np.asarray(x_stack, dtype=np.float32)
+    s, _, h, w = x_stack.shape
+    k = model.n_classes
+    out = np.zeros((s, k, h, w), np.float32)
+    if k > 1:
+        out[:, 0] = 1.0
+    sl = np.flatnonzero(np.asarray(brain).reshape(s, -1).any(1))
+    if not len(sl):
+        return out
+    r0, r1, c0, c1 = brain_window(brain, 2 ** (len(model.widths) - 1))
+    out[sl, :, r0:r1, c0:c1] = predict_probs(model, x_stack[:, :, r0:r1, c0:c1], device, batch_size, amp,
+                                             context, tta, sl)
+    return out
 
 
 def predict_volume(model: torch.nn.Module, x_stack, meta: dict, n_classes: int, device=None,

@@ -17,6 +17,7 @@ is rendered batch by batch. The same code runs on CPU in float32.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -118,6 +119,16 @@ def set_prior_bias(model: UNet, y: np.ndarray) -> None:
             b[0] = float(max(0.0, np.log(freq[0] / freq[1:k].mean())))
         else:
             b.copy_(torch.as_tensor(np.log(freq[:k]), dtype=b.dtype))
+
+
+def _digest(*arrays) -> str:
+    """SHA-1 over arrays' shapes, dtypes and bytes."""
+    h = hashlib.sha1()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(a.data)
+    return h.hexdigest()
 
 
 def _as_tensor(a, dtype) -> torch.Tensor:
@@ -278,6 +289,7 @@ def train(train_x, train_y, val_x, val_y, *, n_classes: int, model_config: dict 
         "augment": augment.as_dict() if augment is not False else None, "augment_val": bool(augment_val),
         "flip_dim": int(flip_dim), "n_train_plan": len(train_plan), "n_val_plan": len(val_plan),
         "train_shape": list(train_x.shape), "val_shape": list(val_x.shape),
+        "data": _digest(train_x, train_y, val_x, val_y),   # other data (e.g. a new QSM): start over
     }
     sig_json = json.dumps(signature, sort_keys=True)
 

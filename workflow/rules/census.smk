@@ -39,14 +39,14 @@ if _FINAL_TRAINABLE:
         output:
             f"{FINAL_DIR}/split.json",
         params:
-            pids=" ".join(learn_participants(CENSUS_EXP)),
+            pids=learn_participants(CENSUS_EXP),
             seed=LEARN["seed"],
             val_fraction=CENSUS["val_fraction"],
         log:
             "logs/final/split.log",
         shell:
-            "deepmir final-split --participants {params.pids} --seed {params.seed} "
-            "--val-fraction {params.val_fraction} --out {output} > {log} 2>&1"
+            "deepmir final-split --participants {params.pids:q} --seed {params.seed} "
+            "--val-fraction {params.val_fraction} --out {output:q} > {log:q} 2>&1"
 
     rule final_train:
         """The final model: all annotated participants, a validation split picks the epoch."""
@@ -55,14 +55,12 @@ if _FINAL_TRAINABLE:
             train=[stack_path(p) for p in _FINAL_SPLIT["train"]],
             val=[stack_path(p) for p in _FINAL_SPLIT["val"]],
         output:
-            model=f"{FINAL_DIR}/best.pt",
-            log=f"{FINAL_DIR}/log.tsv",
-            curve=report(f"{FINAL_DIR}/learning_curve.png", caption="../report/census_final.rst",
-                         category="Census"),
+            **_train_outputs(FINAL_DIR, "census_final.rst", "Census", "final model"),
         params:
+            dir=FINAL_DIR,
             labels=CENSUS_SPEC["labels"],
-            channels=" ".join(CENSUS_SPEC["channels"]),
-            options=_train_options(),
+            channels=CENSUS_SPEC["channels"],
+            options=_train_options,
         threads: LEARN["threads"]
         log:
             "logs/final/train.log",
@@ -73,14 +71,16 @@ if _FINAL_TRAINABLE:
             runtime=LEARN["train_runtime"],
             **({"gpu": 1} if LEARN["gpu"] else {}),
         shell:
-            "deepmir train --train-stacks {input.train} --val-stacks {input.val} "
-            "--label-mode {params.labels} --channels {params.channels} {params.options} "
-            "--threads {threads} --out-dir {FINAL_DIR} > {log} 2>&1"
+            "deepmir train --train-stacks {input.train:q} --val-stacks {input.val:q} "
+            "--label-mode {params.labels} --channels {params.channels:q} {params.options} "
+            "--threads {threads} --out-dir {params.dir:q} > {log:q} 2>&1"
 
     rule final_model_card:
-        """What applying the model needs: channels, label mode, stack settings, training config."""
+        """What applying the model needs: channels, label mode, stack settings, training config
+        and (patch learner) the operating point chosen on its validation participants."""
         input:
-            rules.final_train.output.model,
+            model=rules.final_train.output.model,
+            **({"selection": rules.final_train.output.selection} if LEARN["learner"] == "patch" else {}),
         output:
             f"{FINAL_DIR}/model.json",
         params:
@@ -89,7 +89,10 @@ if _FINAL_TRAINABLE:
                       normalisation="each channel z-scored inside the brain mask (QSM clipped first)",
                       split=_FINAL_SPLIT, learn=LEARN),
         run:
-            _niio.write_json(output[0], params.card)
+            card = dict(params.card)
+            if "selection" in input.keys():
+                card["selection"] = _niio.read_json(input.selection)
+            _niio.write_json(output[0], card)
 
 
 if CENSUS_EXP:
@@ -115,9 +118,7 @@ if CENSUS_EXP:
             runtime=15,
             **({"gpu": 1} if LEARN["gpu"] else {}),
         shell:
-            "deepmir predict --model {input.model} --stack {input.stack} --out-labels {output.dseg} "
-            "--out-probs {output.probseg} --threshold {params.threshold} --device {params.device} "
-            "--threads {threads} > {log} 2>&1"
+            PREDICT_SHELL
 
     def _mni_coords(pid):
         return out("anat", pid, "from-MEGRE_to-MNI152_mode-image_xfm.nii.gz")
@@ -151,10 +152,10 @@ if CENSUS_EXP:
             mem_mb=3000,
             runtime=20,
         shell:
-            "deepmir mni-warp --t1w {input.t1w} "
-            "--mask-json {input.mask_json} --xfm {input.xfm} --ref {input.mask} "
+            "deepmir mni-warp --t1w {input.t1w:q} "
+            "--mask-json {input.mask_json:q} --xfm {input.xfm:q} --ref {input.mask:q} "
             "--iterations {params.iterations} --working-mm {params.working_mm} --threads {threads} "
-            "--output {output} > {log} 2>&1"
+            "--output {output:q} > {log:q} 2>&1"
 
     rule census:
         """One participant's lesions: position, size, confidence, χ, SWI contrast, region."""
@@ -172,15 +173,15 @@ if CENSUS_EXP:
                       category="Census", subcategory="{pid}"),
         params:
             keep="" if CENSUS["exclude_calcifications"] else "--keep-calcifications",
-            placement=lambda wc, input: f"--mni-coords {input.mni_coords}" if "mni_coords" in input.keys() else "",
+            placement=lambda wc, input: f"--mni-coords {shlex.quote(input.mni_coords)}" if "mni_coords" in input.keys() else "",
         log:
             log_path("census", "{pid}"),
         benchmark:
             bench_path("census", "{pid}")
         shell:
-            "deepmir census --labels {input.dseg} --probs {input.probseg} --chi {input.chi} "
-            "--swi {input.swi} --mask-json {input.mask_json} {params.placement} --atlas {input.atlas} {params.keep} "
-            "--qc {output.qc} --output {output.tsv} > {log} 2>&1"
+            "deepmir census --labels {input.dseg:q} --probs {input.probseg:q} --chi {input.chi:q} "
+            "--swi {input.swi:q} --mask-json {input.mask_json:q} {params.placement} --atlas {input.atlas:q} {params.keep} "
+            "--qc {output.qc:q} --output {output.tsv:q} > {log:q} 2>&1"
 
     rule cohort_table:
         """One row per participant (counts by class × region × size) and the cohort summary."""
@@ -193,7 +194,7 @@ if CENSUS_EXP:
         log:
             "logs/census/cohort.log",
         shell:
-            "deepmir cohort-table {input} --output {output.table} --summary {output.summary} > {log} 2>&1"
+            "deepmir cohort-table {input:q} --output {output.table:q} --summary {output.summary:q} > {log:q} 2>&1"
 
     ALL_TARGETS += [rules.cohort_table.output.table]
     if _FINAL_TRAINABLE:
@@ -211,7 +212,7 @@ rule benchmark_table:
     log:
         "logs/report/benchmarks.log",
     shell:
-        "deepmir bench-table --dir benchmarks --output {output.tsv} --markdown {output.md} > {log} 2>&1"
+        "deepmir bench-table --dir benchmarks --output {output.tsv:q} --markdown {output.md:q} > {log:q} 2>&1"
 
 
 ALL_TARGETS += [rules.benchmark_table.output.md]

@@ -131,11 +131,20 @@ def _aggregate_output(name):
     return path
 
 
+def _qsm_rule_inputs(experiment, pid):
+    """The QSM map when the QSM rule's rows are wanted (evaluate.qsm_rule, CMB experiments)."""
+    if EVAL["qsm_rule"] and _eval_experiments()[experiment]["mode"] in ("cmb", "union", "multiclass"):
+        return {"chi": out("qsm", pid, "space-MEGRE_Chimap.nii.gz")}
+    return {}
+
+
 rule evaluate_participant:
-    """Lesion-wise metrics of one experiment's prediction for one (held-out) participant."""
+    """Lesion-wise metrics of one experiment's prediction for one (held-out) participant; with
+    evaluate.qsm_rule also the CMB rows after the QSM rule (diamagnetic candidates dropped)."""
     input:
         unpack(lambda wc: {"pred": _prediction(wc.experiment, wc.pid),
-                           "ref": annotation_path(wc.pid), **_mimic_inputs(wc.pid)}),
+                           "ref": annotation_path(wc.pid), **_mimic_inputs(wc.pid),
+                           **_qsm_rule_inputs(wc.experiment, wc.pid)}),
     output:
         _metrics("{experiment}", "{pid}"),
     params:
@@ -145,6 +154,7 @@ rule evaluate_participant:
         tol_iron=EVAL["tolerance"]["iron"],
         unit=EVAL["tolerance_unit"],
         mimics=lambda wc, input: _mimic_args(input),
+        rule=lambda wc, input: f"--qsm-rule-chi {shlex.quote(input.chi)}" if "chi" in input.keys() else "",
     wildcard_constraints:
         experiment=r"[A-Za-z0-9]+",
     log:
@@ -156,7 +166,7 @@ rule evaluate_participant:
         "deepmir evaluate --pred {input.pred} --ref {input.ref} --mode {params.mode} "
         "--participant {wildcards.pid} --experiment {params.modalities:q} "
         "--run {wildcards.experiment} --tol-cmb {params.tol_cmb} --tol-iron {params.tol_iron} "
-        "--tol-unit {params.unit} {params.mimics} --out {output} > {log} 2>&1"
+        "--tol-unit {params.unit} {params.mimics} {params.rule} --out {output} > {log} 2>&1"
 
 
 rule evaluate_aggregate:

@@ -5,6 +5,7 @@
 # builds exactly that fold's split, model and prediction (and the stacks it needs).
 # Helpers for other stages: learn_predictions(), learn_prediction(experiment, pid, kind),
 # LEARN_EXPERIMENTS, learn_participants(experiment).
+import shlex
 from pathlib import Path
 
 from deepmir import niio as _niio
@@ -117,6 +118,24 @@ def learn_predictions(kind="dseg"):
     return [learn_prediction(e, p, kind) for e in LEARN_EXPERIMENTS for p in _folds(e)]
 
 
+def _train_outputs(folder, caption, category, subcategory):
+    """A training job's declared outputs (the patch learner also writes selection.json: the
+    iteration, thresholds and minimum sizes it chose)."""
+    outs = {"model": f"{folder}/best.pt", "log": f"{folder}/log.tsv",
+            "curve": report(f"{folder}/learning_curve.png", caption=f"../report/{caption}",
+                            category=category, subcategory=subcategory)}
+    if LEARN["learner"] == "patch":
+        outs["selection"] = f"{folder}/selection.json"
+    return outs
+
+
+# the shell line of every prediction job (learn_predict and census's apply): the model's own
+# operating point for the patch learner, learn.threshold for the paper learner
+PREDICT_SHELL = ("deepmir predict --model {input.model:q} --stack {input.stack:q} --out-labels {output.dseg:q} "
+                 "--out-probs {output.probseg:q} --threshold {params.threshold} --device {params.device:q} "
+                 "--threads {threads} > {log:q} 2>&1")
+
+
 if LEARN_EXPERIMENTS or APPLIED_CARD:
 
     rule stack:
@@ -131,8 +150,9 @@ if LEARN_EXPERIMENTS or APPLIED_CARD:
         output:
             stack_path("{pid}"),
         params:
-            channels=lambda wc, input: " ".join(f"--channel {c}={input[c]}" for c in _stack_channels(wc.pid)),
-            dseg=lambda wc, input: f"--dseg {input.dseg}" if "dseg" in input.keys() else "",
+            channels=lambda wc, input: " ".join(f"--channel {shlex.quote(f'{c}={input[c]}')}"
+                                                for c in _stack_channels(wc.pid)),
+            dseg=lambda wc, input: f"--dseg {shlex.quote(input.dseg)}" if "dseg" in input.keys() else "",
             size=STACK_SETTINGS["slice_size"],
             clip=STACK_SETTINGS["qsm_clip_sigma"],
         log:
@@ -143,8 +163,8 @@ if LEARN_EXPERIMENTS or APPLIED_CARD:
             mem_mb=lambda wc, attempt: LEARN["stack_mem_mb"] * attempt,
             runtime=10,
         shell:
-            "deepmir stack {params.channels} --mask {input.mask} {params.dseg} --out {output} "
-            "--pad-to {params.size} --qsm-clip-sigma {params.clip} > {log} 2>&1"
+            "deepmir stack {params.channels} --mask {input.mask:q} {params.dseg} --out {output:q} "
+            "--pad-to {params.size} --qsm-clip-sigma {params.clip} > {log:q} 2>&1"
 
 
 if LEARN_EXPERIMENTS:
@@ -157,36 +177,44 @@ if LEARN_EXPERIMENTS:
         output:
             f"{_fold_dir()}/split.json",
         params:
-            pids=lambda wc: " ".join(learn_participants(wc.experiment)),
+            pids=lambda wc: learn_participants(wc.experiment),
             seed=LEARN["seed"],
             val_fraction=LEARN["val_fraction"],
         log:
             log_path("learn", "{experiment}/fold-{pid}_split"),
         shell:
-            "deepmir folds --participants {params.pids} --seed {params.seed} "
-            "--val-fraction {params.val_fraction} --fold {wildcards.pid} --fold-out {output} > {log} 2>&1"
+            "deepmir folds --participants {params.pids:q} --seed {params.seed} "
+            "--val-fraction {params.val_fraction} --fold {wildcards.pid:q} --fold-out {output:q} > {log:q} 2>&1"
 
     rule learn_splits_final:
         """All folds of an experiment in nnU-Net's splits_final.json format."""
         output:
             f"{LEARN_DIR}/{{experiment}}/splits_final.json",
         params:
-            pids=lambda wc: " ".join(learn_participants(wc.experiment)),
+            pids=lambda wc: learn_participants(wc.experiment),
             seed=LEARN["seed"],
             val_fraction=LEARN["val_fraction"],
         log:
             log_path("learn", "{experiment}/splits_final"),
         shell:
-            "deepmir folds --participants {params.pids} --seed {params.seed} "
-            "--val-fraction {params.val_fraction} --splits-final {output} > {log} 2>&1"
+            "deepmir folds --participants {params.pids:q} --seed {params.seed} "
+            "--val-fraction {params.val_fraction} --splits-final {output:q} > {log:q} 2>&1"
 
-    def _train_options():
-        m, a = LEARN["model"], LEARN["augment"]
-        opts = [f"--epochs {LEARN['epochs']}", f"--batch-size {LEARN['batch_size']}", f"--lr {LEARN['lr']}",
-                f"--seed {LEARN['seed']}", f"--depth {m['depth']}", f"--base-width {m['base_width']}",
-                f"--device {LEARN['device']}"]
+    def _train_options(wildcards=None):
+        """The training command's options: the learner's settings (learn.patch as one JSON
+        value, or the paper learner's flags), the seed and the evaluation's matching rule
+        (the patch learner selects for lesion-wise F1 with it)."""
+        ev = config["evaluate"]
+        opts = [f"--learner {LEARN['learner']}", f"--seed {LEARN['seed']}", f"--device {shlex.quote(LEARN['device'])}",
+                f"--tol-cmb {ev['tolerance']['cmb']} --tol-iron {ev['tolerance']['iron']} "
+                f"--tol-unit {ev['tolerance_unit']}"]
         if not LEARN["keep_last_checkpoint"]:
             opts.append("--drop-last")
+        if LEARN["learner"] == "patch":
+            return " ".join(opts + [f"--patch-json {shlex.quote(json.dumps(LEARN['patch'], sort_keys=True))}"])
+        m, a = LEARN["model"], LEARN["augment"]
+        opts += [f"--epochs {LEARN['epochs']}", f"--batch-size {LEARN['batch_size']}", f"--lr {LEARN['lr']}",
+                 f"--depth {m['depth']}", f"--base-width {m['base_width']}"]
         if m["max_width"] is not None:
             opts.append(f"--max-width {m['max_width']}")
         if not m["head_relu"]:
@@ -208,22 +236,21 @@ if LEARN_EXPERIMENTS:
         return " ".join(opts)
 
     rule learn_train:
-        """Train one fold's U-Net: best validation-IoU epoch kept; checkpoint every epoch
-        (last.pt, not a declared output, so a killed job resumes where it stopped)."""
+        """Train one fold's U-Net (learn.learner): the patch learner keeps the iteration and the
+        operating point (threshold, minimum size) with the best validation lesion-wise F1
+        (selection.json), the paper learner the best validation-IoU epoch; resume state in
+        last.pt (not a declared output, so a killed job resumes where it stopped)."""
         input:
             split=rules.learn_split.output[0],
             train=lambda wc: [stack_path(p) for p in _folds(wc.experiment)[wc.pid]["train"]],
             val=lambda wc: [stack_path(p) for p in _folds(wc.experiment)[wc.pid]["val"]],
         output:
-            model=f"{_fold_dir()}/best.pt",
-            log=f"{_fold_dir()}/log.tsv",
-            curve=report(f"{_fold_dir()}/learning_curve.png", caption="../report/learn_curve.rst",
-                         category="Learning", subcategory="{experiment}"),
+            **_train_outputs(_fold_dir(), "learn_curve.rst", "Learning", "{experiment}"),
         params:
             dir=_fold_dir(),
             labels=lambda wc: LEARN_EXPERIMENTS[wc.experiment]["labels"],
-            channels=lambda wc: " ".join(LEARN_EXPERIMENTS[wc.experiment]["channels"]),
-            options=_train_options(),
+            channels=lambda wc: LEARN_EXPERIMENTS[wc.experiment]["channels"],
+            options=_train_options,
         threads: LEARN["threads"]
         log:
             log_path("learn", "{experiment}/fold-{pid}_train"),
@@ -234,9 +261,9 @@ if LEARN_EXPERIMENTS:
             runtime=LEARN["train_runtime"],
             **({"gpu": 1} if LEARN["gpu"] else {}),
         shell:
-            "deepmir train --train-stacks {input.train} --val-stacks {input.val} "
-            "--label-mode {params.labels} --channels {params.channels} {params.options} "
-            "--threads {threads} --out-dir {params.dir} > {log} 2>&1"
+            "deepmir train --train-stacks {input.train:q} --val-stacks {input.val:q} "
+            "--label-mode {params.labels} --channels {params.channels:q} {params.options} "
+            "--threads {threads} --out-dir {params.dir:q} > {log:q} 2>&1"
 
     rule learn_predict:
         """The fold's held-out participant: labels (0/1/2) and probabilities on the MEGRE grid."""
@@ -259,9 +286,7 @@ if LEARN_EXPERIMENTS:
             runtime=15,
             **({"gpu": 1} if LEARN["gpu"] else {}),
         shell:
-            "deepmir predict --model {input.model} --stack {input.stack} --out-labels {output.dseg} "
-            "--out-probs {output.probseg} --threshold {params.threshold} --device {params.device} "
-            "--threads {threads} > {log} 2>&1"
+            PREDICT_SHELL
 
     rule learn_lesion_counts:
         """Per participant: lesions in the annotation vs in the held-out prediction (a quick
@@ -273,13 +298,13 @@ if LEARN_EXPERIMENTS:
             report(f"{LEARN_DIR}/{{experiment}}/lesion_counts.tsv", caption="../report/learn_counts.rst",
                    category="Learning", subcategory="{experiment}"),
         params:
-            pids=lambda wc: " ".join(_folds(wc.experiment)),
+            pids=lambda wc: list(_folds(wc.experiment)),
             labels=lambda wc: LEARN_EXPERIMENTS[wc.experiment]["labels"],
         log:
             log_path("learn", "{experiment}/lesion_counts"),
         shell:
-            "deepmir lesion-counts --participants {params.pids} --pred {input.pred} --ref {input.ref} "
-            "--label-mode {params.labels} --out {output} > {log} 2>&1"
+            "deepmir lesion-counts --participants {params.pids:q} --pred {input.pred:q} --ref {input.ref:q} "
+            "--label-mode {params.labels} --out {output:q} > {log:q} 2>&1"
 
     _LEARN_READY = [e for e in LEARN_EXPERIMENTS if _folds(e)]
     ALL_TARGETS += learn_predictions()

@@ -20,6 +20,7 @@ from deepmir.evaluate import (MIMIC_CLASSES, MODE_CLASSES, class_mask, match_les
                               participant_metrics, validate_labels)
 
 AFFINE_ATOL = 1e-3  # mm
+QSM_RULE_SUFFIX = " +QSM rule"   # experiment name of the rows after the QSM rule
 ID_COLUMNS = ["participant", "experiment", "mode"]
 
 
@@ -60,6 +61,10 @@ def register(subparsers) -> None:
                    help="optional mimic label NIfTI on the same grid (needs --mimic-table)")
     p.add_argument("--mimic-table", type=Path,
                    help="TSV with columns index, name (vein, calcification, epvs)")
+    p.add_argument("--qsm-rule-chi", type=Path, metavar="CHIMAP",
+                   help="QSM map (ppm) on the same grid: also write the CMB (and CMB ∪ iron) rows after "
+                        "the QSM rule, which drops predicted CMBs that are diamagnetic against their "
+                        f"surroundings, as experiment '<EXPERIMENT>{QSM_RULE_SUFFIX}'")
     p.set_defaults(func=run_evaluate)
 
     a = subparsers.add_parser(
@@ -257,6 +262,16 @@ def evaluate_volumes(pred, ref, mode: str, voxel_size, tol_cmb=3.0, tol_iron=5.0
     return df
 
 
+def _rows(df: pd.DataFrame, args, experiment: str, run: str | None) -> pd.DataFrame:
+    df = df.copy()
+    df.insert(0, "mode", args.mode)
+    df.insert(0, "experiment", experiment)
+    df.insert(0, "participant", args.participant)
+    if run:
+        df.insert(3, "run", run)
+    return df
+
+
 def run_evaluate(args) -> int:
     # read and check every input first
     ref, ref_aff = _load_labels(args.ref, "reference")
@@ -276,14 +291,20 @@ def run_evaluate(args) -> int:
         if np.any(mimics != np.round(mimics)) or np.any(~np.isfinite(mimics)):
             raise InputError(args.mimics, "mimic map must hold integer labels")
         mimics = mimics.astype(np.int64)
+    chi = None
+    if args.qsm_rule_chi is not None:
+        chi, _ = _load_on_grid(args.qsm_rule_chi, "QSM map", (args.ref, ref, ref_aff))
     # compute
-    df = evaluate_volumes(pred, ref, args.mode, voxel_sizes(ref_aff), args.tol_cmb,
-                          args.tol_iron, args.tol_unit, mimics, table)
-    df.insert(0, "mode", args.mode)
-    df.insert(0, "experiment", args.experiment)
-    df.insert(0, "participant", args.participant)
-    if args.run:
-        df.insert(3, "run", args.run)
+    df = _rows(evaluate_volumes(pred, ref, args.mode, voxel_sizes(ref_aff), args.tol_cmb,
+                                args.tol_iron, args.tol_unit, mimics, table), args, args.experiment, args.run)
+    if chi is not None:
+        from deepmir.postprocess import qsm_rule
+
+        ruled = evaluate_volumes(qsm_rule(pred, chi), ref, args.mode, voxel_sizes(ref_aff), args.tol_cmb,
+                                 args.tol_iron, args.tol_unit, mimics, table)
+        ruled = ruled[ruled["class"].isin(["cmb", "union"])]
+        df = pd.concat([df, _rows(ruled, args, args.experiment + QSM_RULE_SUFFIX,
+                                  args.run and args.run + "QsmRule")], ignore_index=True)
     # write
     from deepmir.tables import to_tsv
     _write_text(args.out, to_tsv(df))

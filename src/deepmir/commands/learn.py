@@ -241,12 +241,72 @@ def _gather(paths, label_mode, channels):
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(eligible), ref
 
 
+def _volumes(paths, channels):
+    """The patch learner's volumes: dicts of x (the channels, in order), y (raw dseg 0/1/2),
+    brain (stack grid) and voxel_size (slice, row, column), with the stacks' common key."""
+    from deepmir.dataset import restack, stack_voxel_size
+
+    vols, ref = [], None
+    for path in paths:
+        st = load_stack(path, need_labels=True)
+        meta, names = st["meta"], st["meta"]["channels"]
+        want = channels or names
+        missing = [c for c in want if c not in names]
+        if missing:
+            raise InputError(path, f"stack lacks channel(s) {missing} (has {names})")
+        key = (tuple(want), meta["pad_to"], meta["flip_dim"])
+        if ref is None:
+            ref = key
+        elif key != ref:
+            raise InputError(path, "stack differs from the first one in channels, slice size or orientation")
+        y = st["y"]
+        vols.append({"x": np.ascontiguousarray(st["x"][:, [names.index(c) for c in want]]),
+                     "y": np.where((y == 1) | (y == 2), y, 0).astype(np.uint8),
+                     "brain": restack(st["mask"].astype(bool), meta, fill=False),
+                     "voxel_size": stack_voxel_size(st["affine"], meta)})
+    return vols, ref
+
+
+def _train_patch(args, out: Path) -> int:
+    from deepmir.dataset import class_value
+    from deepmir.learner import LearnerConfig, train_patches
+
+    try:
+        cfg = LearnerConfig.from_dict(json.loads(args.patch_json) if args.patch_json else {})
+    except (ValueError, TypeError) as err:
+        raise InputError(out, f"--patch-json: {err}") from None
+    tv, ref = _volumes(args.train_stacks, args.channels)
+    vv, vref = _volumes(args.val_stacks, list(ref[0]))
+    if vref != ref:
+        raise InputError(args.val_stacks[0], "validation stacks differ from the training stacks")
+    if ref[1] % 2 ** (cfg.depth - 1) or cfg.patch_size % 2 ** (cfg.depth - 1):
+        raise InputError(args.train_stacks[0], f"slice size {ref[1]} and patch size {cfg.patch_size} must be "
+                                               f"divisible by 2^(depth-1) = {2 ** (cfg.depth - 1)}")
+    from deepmir.learner import SAMPLED_LABELS
+    if not any(np.isin(v["y"], SAMPLED_LABELS[args.label_mode]).any() for v in tv):
+        raise InputError(args.train_stacks[0], f"no '{args.label_mode}' label in the training stacks")
+    _check_device(args.device, out)
+    _set_threads(args.threads)
+    tol = {"cmb": args.tol_cmb, "iron": args.tol_iron, "union": max(args.tol_cmb, args.tol_iron)}
+    result = train_patches(
+        tv, vv, args.label_mode, cfg, seed=args.seed, out_dir=out, device=args.device, tolerances=tol,
+        unit=args.tol_unit, progress=not args.quiet, stop_after=args.stop_after,
+        amp=False if args.no_amp else None,
+        model_info={"title": f"{out.parent.name}/{out.name}: {args.label_mode}, {' + '.join(ref[0])}",
+                    "channels": list(ref[0]), "pad_to": ref[1], "class_value": class_value(args.label_mode)})
+    if result.completed and args.drop_last:
+        (out / "last.pt").unlink(missing_ok=True)
+    return 0
+
+
 def cmd_train(args) -> int:
     from deepmir.augment import AugmentConfig
     from deepmir.dataset import class_value, n_classes_for
     from deepmir.train import train
 
     out = Path(args.out_dir)
+    if args.learner == "patch":
+        return _train_patch(args, out)
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise InputError(out, f"--{name.replace('_', '-')} must be at least 1")
@@ -301,6 +361,24 @@ def cmd_train(args) -> int:
 
 # ---------------------------------------------------------------- predict --------------------
 
+def _predict_patch(model, info, x, st, args):
+    """Labels (3D) and probabilities (3D + class) of a patch-learner model at the operating
+    point chosen on its validation participants (threshold, minimum size per class)."""
+    from deepmir.dataset import restack, stack_voxel_size, unstack
+    from deepmir.postprocess import lesions_from_probs
+    from deepmir.predict import predict_brain_probs
+
+    meta = st["meta"]
+    brain = restack(st["mask"].astype(bool), meta, fill=False)
+    probs = predict_brain_probs(model, x, brain, device=args.device, batch_size=args.batch_size,
+                                amp=False if args.no_amp else None, context=int(info["context"]),
+                                tta=bool(info.get("tta")))
+    op = {int(k): v for k, v in info["operating_point"].items()}
+    labels = lesions_from_probs(np.moveaxis(probs, 1, 0), info["label_mode"], op,
+                                stack_voxel_size(st["affine"], meta), info.get("max_cmb_diameter_mm"), brain)
+    return unstack(labels, meta, fill=0), unstack(probs, meta, fill=0.0)
+
+
 def cmd_predict(args) -> int:
     import torch
 
@@ -321,7 +399,8 @@ def cmd_predict(args) -> int:
     missing = [c for c in want if c not in names]
     if missing:
         raise InputError(args.stack, f"stack lacks channel(s) {missing} the model was trained on")
-    if len(want) != model.config["in_channels"]:
+    context = int(info.get("context", 0))
+    if len(want) * (2 * context + 1) != model.config["in_channels"]:
         raise InputError(mp, "model input channels do not match its recorded channel names")
     f = 2 ** (model.config["depth"] - 1)
     if st["x"].shape[-1] % f:
@@ -329,10 +408,13 @@ def cmd_predict(args) -> int:
     if args.batch_size < 1:
         raise InputError(args.stack, "--batch-size must be at least 1")
     x = st["x"][:, [names.index(c) for c in want]]
-    labels, probs = predict_volume(
+    if info.get("learner") == "patch":
+        labels, probs = _predict_patch(model, info, x, st, args)
+    else:
+        labels, probs = predict_volume(
         model, x, st["meta"], model.config["n_classes"], device=args.device, batch_size=args.batch_size,
-        class_value=int(info.get("class_value", 1)), threshold=args.threshold,
-        mask=None if args.no_mask else st["mask"].astype(bool), amp=False if args.no_amp else None)
+            class_value=int(info.get("class_value", 1)), threshold=args.threshold,
+            mask=None if args.no_mask else st["mask"].astype(bool), amp=False if args.no_amp else None)
     niio.save(args.out_labels, labels, st["affine"], dtype=np.uint8)
     if args.out_probs:
         if probs.shape[-1] == 1:  # single class: one 3D probability map
@@ -437,10 +519,23 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "train", formatter_class=fmt, help="train one fold's U-Net (checkpointed; resumes after a kill)",
-        description="Train the 2D U-Net on the training stacks with slice-selective augmentation, Adam and "
-                    "cross-entropy; after each epoch compute the validation IoU and keep the best epoch. Writes "
+        description="--learner patch (default): a compact 2.5D U-Net on sampled patches (lesions oversampled, "
+                    "hard negatives mined) for a fixed number of iterations; every --patch-json val_every "
+                    "iterations the validation participants are predicted and the threshold and minimum lesion "
+                    "size with the best lesion-wise F1 are found; the best iteration is kept with them "
+                    "(selection.json). --learner paper: the study's protocol, full slices with slice-selective "
+                    "augmentation, Adam and cross-entropy, the epoch with the best validation IoU kept. Writes "
                     "OUT_DIR/best.pt (the model for 'deepmir predict'), last.pt (resume state), log.tsv and "
                     "learning_curve.png; run again with the same arguments to resume.")
+    p.add_argument("--learner", choices=("patch", "paper"), default="patch",
+                   help="patch: the default learner; paper: the study's full-slice protocol")
+    p.add_argument("--patch-json", metavar="JSON",
+                   help="patch learner settings as a JSON object (the learn.patch config keys; missing keys "
+                        "take their defaults)")
+    p.add_argument("--tol-cmb", type=float, default=3.0, help="patch learner: CMB matching tolerance for the F1")
+    p.add_argument("--tol-iron", type=float, default=5.0, help="patch learner: iron matching tolerance (union: the larger)")
+    p.add_argument("--tol-unit", choices=("vox", "mm"), default="vox", help="patch learner: unit of the tolerances")
+    p.add_argument("--stop-after", type=int, help="patch learner: stop after this iteration (checkpointed; run again to resume)")
     p.add_argument("--train-stacks", nargs="+", required=True, metavar="NPZ", help="training stacks (with labels)")
     p.add_argument("--val-stacks", nargs="+", required=True, metavar="NPZ", help="validation stacks (with labels)")
     p.add_argument("--label-mode", required=True, choices=("cmb", "iron", "union", "multiclass"),

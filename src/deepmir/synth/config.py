@@ -45,7 +45,15 @@ BASE = {
 }
 
 PRESETS = {
-    "demo": {},
+    # the demo is small, so each participant carries several lesions of each kind and their
+    # mimics: a fold of the demo learns from a few dozen microbleeds, not from three
+    "demo": {
+        "lesions": {
+            "cmb_count_bins": [[3, 8, 1]],
+            "iron_count_bins": [[2, 4, 1]],
+            "calcification_count_bins": [[1, 3, 1]],
+        },
+    },
     "paper": {
         "n_participants": 24,
         "gre": {"matrix": [192, 256, 112], "voxel_size": [1.0, 1.0, 1.5], "oversample": [1, 1, 2]},

@@ -1,0 +1,183 @@
+"""From class probabilities to lesions, and the operating point chosen on validation data
+(arrays in, arrays out).
+
+A prediction becomes lesions in three steps (:func:`lesions_from_probs`):
+
+1. **Threshold, per class.** Single class: voxels with ``p > threshold``. Multi-class
+   (background, CMB, iron): a voxel is CMB when ``p_cmb > threshold_cmb`` and
+   ``p_cmb ≥ p_iron``, iron when ``p_iron > threshold_iron`` and ``p_iron > p_cmb``.
+2. **Components.** 26-connected components of each class (as the evaluation counts them);
+   components smaller than the class's ``min_size`` voxels are dropped, and so are CMB
+   components larger than ``max_cmb_diameter_mm`` (equivalent-sphere diameter; the study's
+   microbleeds are ≤ 10 mm — a larger dark blob is a haemorrhage or a mimic).
+3. Optionally the **QSM rule** (:func:`qsm_rule`): a CMB candidate whose susceptibility is
+   below its surroundings (diamagnetic) is a calcification, not a microbleed, and is dropped.
+
+The *operating point* — threshold and minimum size per class — is chosen on a fold's
+validation participants to maximise lesion-wise F1 under the evaluation's matching rule
+(:func:`select_operating_point`); the test participant is never read.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from deepmir.evaluate import Components, match_components
+
+STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
+CMB, IRON = 1, 2
+#: dseg labels a label mode predicts (single class: the one label its map carries)
+MODE_LABELS = {"cmb": (CMB,), "iron": (IRON,), "union": (CMB,), "multiclass": (CMB, IRON)}
+#: evaluation class of each predicted label, per mode (union: label 1 stands for CMB ∪ iron)
+MODE_CLASS_OF_LABEL = {"cmb": {CMB: "cmb"}, "iron": {IRON: "iron"}, "union": {CMB: "union"},
+                       "multiclass": {CMB: "cmb", IRON: "iron"}}
+DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+DEFAULT_MIN_SIZES = (1, 2, 3, 4)
+
+
+def default_operating_point(mode: str, threshold: float = 0.5, min_size: int = 1) -> dict:
+    """{label: {"threshold", "min_size"}} with the same values for every class of ``mode``."""
+    return {int(lab): {"threshold": float(threshold), "min_size": int(min_size)} for lab in MODE_LABELS[mode]}
+
+
+def class_masks(probs: np.ndarray, mode: str, thresholds: dict) -> dict:
+    """{label: bool mask}: ``probs`` is ``[K, ...]`` (K = 1 sigmoid, K = 3 softmax bg/CMB/iron);
+    ``thresholds`` {label: threshold}."""
+    p = np.asarray(probs)
+    if p.shape[0] == 1:
+        (lab,) = MODE_LABELS[mode]
+        return {lab: p[0] > thresholds[lab]}
+    return {CMB: (p[CMB] > thresholds[CMB]) & (p[CMB] >= p[IRON]),
+            IRON: (p[IRON] > thresholds[IRON]) & (p[IRON] > p[CMB])}
+
+
+def components(mask: np.ndarray):
+    """(labels 1..n, sizes [n], centroids [n, ndim] in voxel indices) of a boolean mask."""
+    lab, n = ndimage.label(mask, structure=STRUCTURE_26)
+    if n == 0:
+        return lab, np.zeros(0, np.int64), np.zeros((0, mask.ndim))
+    idx = np.nonzero(lab)
+    flat = lab[idx]
+    sizes = np.bincount(flat, minlength=n + 1)[1:]
+    cents = np.stack([np.bincount(flat, weights=a.astype(float), minlength=n + 1)[1:] for a in idx], 1)
+    return lab, sizes, cents / sizes[:, None]
+
+
+def diameter_mm(n_voxels, voxel_size) -> np.ndarray:
+    """Equivalent-sphere diameter (mm) of components of ``n_voxels`` voxels."""
+    vol = np.asarray(n_voxels, float) * float(np.prod(voxel_size))
+    return (6 * vol / np.pi) ** (1 / 3)
+
+
+def delta_chi(chi, component: np.ndarray, labelled: np.ndarray, shell_voxels: int = 2) -> float:
+    """Mean χ over a lesion minus the median χ of the ring ``shell_voxels`` thick around it
+    (voxels of other lesions left out): the lesion's susceptibility against its surroundings.
+    ``component``/``labelled``: boolean masks on ``chi``'s grid (the census's Δχ)."""
+    sl = ndimage.find_objects(component.astype(np.int8))[0]
+    pad = tuple(slice(max(s.start - shell_voxels - 1, 0), s.stop + shell_voxels + 1) for s in sl)
+    m = component[pad]
+    ring = ndimage.binary_dilation(m, STRUCTURE_26, iterations=shell_voxels) & ~m & ~labelled[pad]
+    c = np.asarray(chi)[pad]
+    background = float(np.median(c[ring])) if ring.any() else 0.0
+    return float(c[m].mean()) - background
+
+
+def qsm_rule(labels: np.ndarray, chi: np.ndarray, shell_voxels: int = 2) -> np.ndarray:
+    """``labels`` with every CMB component whose Δχ (:func:`delta_chi`) is negative removed."""
+    out = np.array(labels, copy=True)
+    lab, n = ndimage.label(out == CMB, structure=STRUCTURE_26)
+    labelled = out > 0
+    for i in range(1, n + 1):
+        comp = lab == i
+        if delta_chi(chi, comp, labelled & ~comp, shell_voxels) < 0:
+            out[comp] = 0
+    return out
+
+
+def lesions_from_probs(probs: np.ndarray, mode: str, op: dict, voxel_size=(1.0, 1.0, 1.0),
+                       max_cmb_diameter_mm: float | None = 10.0, brain=None) -> np.ndarray:
+    """A dseg (uint8: 0, 1 CMB, 2 iron) from ``probs [K, ...]`` at operating point ``op``
+    ({label: {threshold, min_size}}; steps 1–2 of the module docstring). ``brain``: voxels
+    outside it are never lesions."""
+    masks = class_masks(probs, mode, {lab: v["threshold"] for lab, v in op.items()})
+    out = np.zeros(np.asarray(probs).shape[1:], np.uint8)
+    for lab, mask in masks.items():
+        if brain is not None:
+            mask = mask & np.asarray(brain, bool)
+        comp, sizes, _ = components(mask)
+        keep = sizes >= op[lab]["min_size"]
+        if lab == CMB and mode in ("cmb", "multiclass") and max_cmb_diameter_mm is not None:
+            keep &= diameter_mm(sizes, voxel_size) <= max_cmb_diameter_mm
+        out[np.concatenate([[False], keep])[comp]] = lab
+    return out
+
+
+# ---------------------------------------------------------------- operating point --------------
+
+def _f1(tp, fp, fn) -> float:
+    """2TP / (2TP + FP + FN); 1 when there was nothing to find and nothing was found."""
+    den = 2 * tp + fp + fn
+    return 1.0 if den == 0 else 2.0 * tp / den
+
+
+def _counts(mask, ref_comp: Components, tolerance, unit, voxel_size, min_sizes, max_diam):
+    """(TP, FP, FN) for each minimum size, matching ``mask``'s components to ``ref_comp``."""
+    lab, sizes, cents = components(mask)
+    vs = np.asarray(voxel_size, float)
+    out = []
+    for m in min_sizes:
+        keep = sizes >= m
+        if max_diam is not None:
+            keep &= diameter_mm(sizes, vs) <= max_diam
+        kept = np.flatnonzero(keep)
+        remap = np.zeros(len(sizes) + 1, np.int64)
+        remap[kept + 1] = np.arange(1, len(kept) + 1)
+        pc = Components(remap[lab], cents[kept], cents[kept] * vs, sizes[kept],
+                        sizes[kept] * float(np.prod(vs)), tuple(vs))
+        r = match_components(pc, ref_comp, tolerance, unit)
+        out.append((r.tp, r.fp, r.fn))
+    return out
+
+
+def select_operating_point(probs_list, refs_list, mode: str, tolerances: dict, unit: str = "vox",
+                           voxel_sizes=None, thresholds=DEFAULT_THRESHOLDS, min_sizes=DEFAULT_MIN_SIZES,
+                           max_cmb_diameter_mm: float | None = 10.0, brains=None):
+    """The threshold and minimum size per class maximising lesion-wise F1 over the validation
+    volumes, TP/FP/FN pooled over them (the matching rule of :mod:`deepmir.evaluate`).
+
+    probs_list: ``[K, ...]`` per volume; refs_list: dseg (0/1/2) per volume; tolerances:
+    {class name: tolerance} in ``unit``; voxel_sizes: per volume (for mm and the CMB size
+    bound). Ties go to the lower threshold, then the smaller minimum size. Returns
+    ``(op, scores)``: ``op`` {label: {threshold, min_size, f1, tp, fp, fn}} and ``scores``
+    rows (label, threshold, min_size, tp, fp, fn, f1) of the whole grid."""
+    from deepmir.evaluate import components as ref_components
+
+    voxel_sizes = voxel_sizes or [(1.0, 1.0, 1.0)] * len(probs_list)
+    brains = brains or [None] * len(probs_list)
+    rows, op = [], {}
+    for lab, cls in MODE_CLASS_OF_LABEL[mode].items():
+        tol = tolerances[cls]
+        max_diam = max_cmb_diameter_mm if cls == "cmb" else None
+        refs = [ref_components(r, cls, vs) for r, vs in zip(refs_list, voxel_sizes)]
+        best = None
+        for t in thresholds:
+            totals = np.zeros((len(min_sizes), 3), np.int64)
+            for p, rc, vs, brain in zip(probs_list, refs, voxel_sizes, brains):
+                mask = class_masks(p, mode, {lab2: t for lab2 in MODE_LABELS[mode]})[lab]
+                if brain is not None:
+                    mask &= brain
+                totals += np.asarray(_counts(mask, rc, tol, unit, vs, min_sizes, max_diam))
+            for m, (tp, fp, fn) in zip(min_sizes, totals):
+                f1 = float(_f1(tp, fp, fn))
+                rows.append({"label": lab, "class": cls, "threshold": float(t), "min_size": int(m),
+                             "tp": int(tp), "fp": int(fp), "fn": int(fn), "f1": f1})
+                if best is None or f1 > best["f1"] + 1e-12:
+                    best = {"threshold": float(t), "min_size": int(m), "f1": f1,
+                            "tp": int(tp), "fp": int(fp), "fn": int(fn)}
+        op[lab] = best
+    return op, rows
+
+
+def mean_f1(op: dict) -> float:
+    """The mean over classes of an operating point's validation F1 (the checkpoint score)."""
+    return float(np.mean([v["f1"] for v in op.values()]))

@@ -1,0 +1,226 @@
+"""The patch learner (deepmir.learner, patches, postprocess) on tiny synthetic volumes with
+known lesions: it learns, it is deterministic, it resumes bit-identically, it never resumes a
+checkpoint made from other data, and its selection reads only the validation volumes."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from deepmir import postprocess as pp
+from deepmir.evaluate import participant_metrics
+from deepmir.learner import LearnerConfig, dice_ce_loss, lr_at, train_patches, volume_probs
+from deepmir.patches import PatchSampler, SamplerConfig, context_slices, crop, false_positive_centres, find_lesions
+
+S, H = 8, 48
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def ball(shape, centre, r):
+    z, y, x = np.indices(shape)
+    # slices are 2 voxels thick in this toy: a ball of radius r mm covers few slices
+    return ((z - centre[0]) * 2.0) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= r * r
+
+
+def volume(seed, n_cmb=4, n_iron=2, n_calc=2):
+    """SWI and QSM channels [S, 2, H, H] with CMBs (dark SWI, bright QSM), iron deposits
+    (milder, larger) and calcifications (dark SWI, *negative* QSM: unlabelled mimics)."""
+    rng = np.random.default_rng(seed)
+    swi = rng.normal(0, 0.15, (S, H, H)).astype(np.float32)
+    qsm = rng.normal(0, 0.15, (S, H, H)).astype(np.float32)
+    y = np.zeros((S, H, H), np.uint8)
+    brain = np.zeros((S, H, H), bool)
+    brain[:, 4:H - 4, 4:H - 4] = True
+    taken = []
+    for kind, n in (("cmb", n_cmb), ("iron", n_iron), ("calc", n_calc)):
+        for _ in range(n):
+            while True:
+                c = (int(rng.integers(2, S - 2)), int(rng.integers(9, H - 9)), int(rng.integers(9, H - 9)))
+                if all(abs(c[1] - t[1]) + abs(c[2] - t[2]) > 12 or abs(c[0] - t[0]) > 3 for t in taken):
+                    break
+            taken.append(c)
+            m = ball(y.shape, c, 2.0 if kind != "iron" else 3.5)
+            swi[m] -= {"cmb": 3.0, "iron": 1.5, "calc": 3.0}[kind]
+            qsm[m] += {"cmb": 3.0, "iron": 1.5, "calc": -3.0}[kind]
+            if kind != "calc":
+                y[m] = 1 if kind == "cmb" else 2
+    x = np.stack([swi, qsm], 1) * brain[:, None]
+    return {"x": x.astype(np.float32), "y": y, "brain": brain, "voxel_size": (2.0, 1.0, 1.0)}
+
+
+CFG = dict(iterations=150, batch_size=8, lr=0.005, patch_size=32, depth=3, base_width=8, val_every=50,
+           checkpoint_every=25, log_every=25, mine_every=25, mine_slices=4, warmup=5)
+
+
+def test_context_crop_and_lesion_index():
+    x = np.arange(4 * 1 * 2 * 2, dtype=np.float32).reshape(4, 1, 2, 2) + 1
+    c = context_slices(x, [0, 3], 1)
+    assert c.shape == (2, 3, 2, 2)
+    assert (c[0, 0] == 0).all() and (c[0, 1] == x[0, 0]).all() and (c[0, 2] == x[1, 0]).all()
+    assert (c[1, 2] == 0).all() and (c[1, 0] == x[2, 0]).all()
+    a = np.arange(16).reshape(4, 4)
+    p = crop(a, (0, 0), 4)                      # top-left quarter in the bottom-right corner
+    assert (p[2:, 2:] == a[:2, :2]).all() and (p[:2] == 0).all()
+    y = np.zeros((3, 8, 8), np.uint8)
+    y[0, 1, 1] = y[1, 2, 2] = 1                 # diagonal neighbours: one 26-connected CMB
+    y[2, 6:8, 6:8] = 2
+    les = find_lesions([y])
+    assert sorted((l.cls, len(l.voxels)) for l in les) == [(1, 2), (2, 4)]
+
+
+def test_sampler_oversamples_lesions_balanced_between_classes():
+    vols = [volume(1, n_cmb=6, n_iron=1)]
+    s = PatchSampler(vols, SamplerConfig(patch_size=16, context=1, fg_fraction=0.5, hard_fraction=0.25))
+    rng = np.random.default_rng(0)
+    hits = {1: 0, 2: 0}
+    for _ in range(50):
+        for v, sl, r, c in s.centres(rng, 8, hard_on=False)[:4]:
+            lab = vols[v]["y"][sl, max(r - 4, 0):r + 5, max(c - 4, 0):c + 5]
+            for k in hits:
+                hits[k] += bool((lab == k).any())
+    # 6 CMBs and one iron deposit, yet about as many patches on each class
+    assert min(hits.values()) > 0.35 * sum(hits.values())
+    x, y = s.batch(np.random.default_rng(3), 8)
+    assert x.shape == (8, 6, 16, 16) and y.shape == (8, 16, 16)
+    x2, y2 = s.batch(np.random.default_rng(3), 8)
+    assert np.array_equal(x, x2) and np.array_equal(y, y2)
+    s.add_hard(0, np.array([[1, 10, 10], [2, 20, 20]]), capacity=1)
+    assert s.hard == [(0, 2, 20, 20)]
+    assert all(c == (0, 2, 20, 20) for c in s.centres(rng, 8, hard_on=True)[4:6])
+
+
+def test_false_positive_centres_skip_labelled_lesions():
+    p = np.zeros((3, 20, 20))
+    y = np.zeros((3, 20, 20), np.uint8)
+    p[1, 3:6, 3:6] = 0.9            # fired, no label: a hard negative
+    p[1, 12:15, 12:15] = 0.9        # fired on a lesion
+    y[1, 13, 13] = 1
+    c = false_positive_centres(p, y)
+    assert c.tolist() == [[1, 4, 4]]
+
+
+def test_loss_and_schedule():
+    t = torch.zeros(2, 8, 8, dtype=torch.long)
+    t[:, 2:4, 2:4] = 1
+    good = torch.full((2, 3, 8, 8), -8.0)
+    good[:, 0] = 8
+    good[:, 0, 2:4, 2:4], good[:, 1, 2:4, 2:4] = -8, 8
+    bad = good.flip(1)
+    assert dice_ce_loss(good, t) < 0.05 < 1.0 < dice_ce_loss(bad, t)
+    cfg = LearnerConfig(iterations=100, lr=0.01, warmup=10)
+    assert lr_at(cfg, 0) == pytest.approx(0.001) and lr_at(cfg, 9) == pytest.approx(0.01 * 0.91 ** 0.9)
+    assert lr_at(cfg, 99) < 1e-3 and lr_at(cfg, 50) < lr_at(cfg, 20)
+
+
+def test_lesions_from_probs_thresholds_sizes_and_cmb_bound():
+    probs = np.zeros((3, 4, 30, 30), np.float32)
+    probs[0] = 1
+    probs[1, 1, 2:4, 2:4], probs[0, 1, 2:4, 2:4] = 0.8, 0.2      # 4-voxel CMB
+    probs[1, 1, 10, 10], probs[0, 1, 10, 10] = 0.8, 0.2          # 1-voxel CMB
+    probs[1, :, 15:29, 15:29], probs[0, :, 15:29, 15:29] = 0.9, 0.1   # huge "CMB": > 10 mm
+    probs[2, 2, 5:8, 5:8], probs[0, 2, 5:8, 5:8] = 0.55, 0.45    # weak iron
+    op = {1: {"threshold": 0.5, "min_size": 2}, 2: {"threshold": 0.5, "min_size": 1}}
+    lab = pp.lesions_from_probs(probs, "multiclass", op, voxel_size=(1, 1, 1))
+    assert (lab == 1).sum() == 4 and (lab[1, 2:4, 2:4] == 1).all()
+    assert (lab == 2).sum() == 9
+    op[2]["threshold"] = 0.6
+    assert not (pp.lesions_from_probs(probs, "multiclass", op, voxel_size=(1, 1, 1)) == 2).any()
+    kept = pp.lesions_from_probs(probs, "multiclass", op, voxel_size=(1, 1, 1), max_cmb_diameter_mm=None)
+    assert (kept == 1).sum() == 4 + 4 * 14 * 14
+
+
+def test_qsm_rule_drops_diamagnetic_cmbs_only():
+    lab = np.zeros((10, 20, 20), np.uint8)
+    chi = np.zeros((10, 20, 20))
+    lab[4:6, 3:5, 3:5] = 1
+    chi[4:6, 3:5, 3:5] = 0.5          # paramagnetic: a microbleed
+    lab[4:6, 12:14, 12:14] = 1
+    chi[4:6, 12:14, 12:14] = -0.3     # diamagnetic: a calcification
+    lab[1:3, 15:18, 2:5] = 2
+    chi[1:3, 15:18, 2:5] = -0.1       # iron is left alone
+    out = pp.qsm_rule(lab, chi)
+    assert (out[4:6, 3:5, 3:5] == 1).all() and not out[4:6, 12:14, 12:14].any()
+    assert (out == 2).sum() == (lab == 2).sum()
+
+
+def test_operating_point_selection_maximises_f1():
+    ref = np.zeros((6, 30, 30), np.uint8)
+    ref[2, 5, 5] = ref[3, 20, 20] = 1
+    probs = np.zeros((1, 6, 30, 30), np.float32)
+    probs[0, 2, 5, 5] = 0.65
+    probs[0, 3, 20, 20] = 0.95
+    probs[0, 4, 10:12, 10:12] = 0.55          # a 4-voxel false positive below 0.6
+    op, rows = pp.select_operating_point([probs], [ref], "cmb", {"cmb": 3.0}, thresholds=(0.5, 0.6, 0.7),
+                                         min_sizes=(1, 2))
+    assert op[1]["threshold"] == 0.6 and op[1]["min_size"] == 1 and op[1]["f1"] == 1.0
+    assert len(rows) == 6 and {r["f1"] for r in rows if r["threshold"] == 0.5 and r["min_size"] == 1} == {0.8}
+
+
+def _f1(model, cfg, vol):
+    probs = volume_probs(model.model, vol, cfg, "cpu")
+    lab = pp.lesions_from_probs(probs, "multiclass", model.operating_point, vol["voxel_size"], None, vol["brain"])
+    m = participant_metrics(lab, vol["y"], classes=("cmb", "iron"))
+    return dict(zip(m["class"], m["F1"])), lab
+
+
+def test_learns_lesion_wise_f1_within_a_fixed_budget(tmp_path):
+    cfg = LearnerConfig.from_dict(CFG)
+    result = train_patches([volume(1), volume(2)], [volume(3)], "multiclass", cfg, seed=0, out_dir=tmp_path,
+                           progress=False)
+    f1, lab = _f1(result, cfg, volume(4))          # a volume the learner never saw
+    assert min(f1.values()) >= 0.8, f1
+    sel = json.loads((tmp_path / "selection.json").read_text())
+    assert sel["best_iteration"] == result.best_iteration and set(sel["operating_point"]) == {"1", "2"}
+    assert [p["iteration"] for p in sel["validation_points"]] == [50, 100, 150]
+    ck = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert ck["info"]["learner"] == "patch" and ck["info"]["context"] == 1
+    assert ck["info"]["operating_point"] == result.operating_point
+    log = (tmp_path / "log.tsv").read_text().splitlines()
+    assert log[0].split("\t") == ["iteration", "loss", "lr", "val_f1", "seconds"] and len(log) == 7
+    assert (tmp_path / "learning_curve.png").stat().st_size > 1000
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)
+
+
+def test_deterministic_resumable_and_never_resumes_other_data(tmp_path):
+    cfg = LearnerConfig.from_dict({**CFG, "iterations": 60, "val_every": 30})
+    tv, vv = [volume(1), volume(2)], [volume(3)]
+    train_patches(tv, vv, "multiclass", cfg, seed=3, out_dir=tmp_path / "a", progress=False)
+    train_patches(tv, vv, "multiclass", cfg, seed=3, out_dir=tmp_path / "b", progress=False)
+    r = train_patches(tv, vv, "multiclass", cfg, seed=3, out_dir=tmp_path / "c", progress=False, stop_after=35)
+    assert not r.completed and _weights(tmp_path / "c" / "last.pt")["state"]["iteration"] == 35
+    train_patches(tv, vv, "multiclass", cfg, seed=3, out_dir=tmp_path / "c", progress=False)
+    a, b, c = (_weights(tmp_path / d / "best.pt") for d in "abc")
+    for other in (b, c):
+        assert all(torch.equal(a["state_dict"][k], other["state_dict"][k]) for k in a["state_dict"])
+        assert other["info"]["operating_point"] == a["info"]["operating_point"]
+    la, lc = (_weights(tmp_path / d / "last.pt") for d in "ac")
+    assert all(torch.equal(la["model"][k], lc["model"][k]) for k in la["model"])
+    assert (tmp_path / "a" / "log.tsv").read_text().split("\t")[:-1] != []
+    # other data (one changed voxel of a training volume): the checkpoint is not resumed
+    tv2 = [dict(tv[0], x=tv[0]["x"].copy()), tv[1]]
+    tv2[0]["x"][4, 0, 20, 20] += 1.0
+    r2 = train_patches(tv2, vv, "multiclass", cfg, seed=3, out_dir=tmp_path / "a", progress=False, stop_after=5)
+    assert _weights(tmp_path / "a" / "last.pt")["state"]["iteration"] == 5 and not r2.completed
+
+
+def test_selection_reads_only_the_validation_volumes(tmp_path):
+    """The learner's only inputs are training and validation volumes; changing anything else
+    (a test participant) cannot change what it selects, and validation does change it."""
+    cfg = LearnerConfig.from_dict({**CFG, "iterations": 50, "val_every": 25})
+    tv = [volume(1), volume(2)]
+    a = train_patches(tv, [volume(3)], "multiclass", cfg, seed=0, progress=False)
+    b = train_patches(tv, [volume(3)], "multiclass", cfg, seed=0, progress=False)
+    c = train_patches(tv, [volume(5, n_cmb=1, n_iron=1, n_calc=4)], "multiclass", cfg, seed=0, progress=False)
+    assert a.operating_point == b.operating_point and a.best_iteration == b.best_iteration
+    assert (a.operating_point, a.best_iteration) != (c.operating_point, c.best_iteration) or \
+        a.operating_point[1]["f1"] != c.operating_point[1]["f1"]
