@@ -224,3 +224,16 @@ def test_selection_reads_only_the_validation_volumes(tmp_path):
     assert a.operating_point == b.operating_point and a.best_iteration == b.best_iteration
     assert (a.operating_point, a.best_iteration) != (c.operating_point, c.best_iteration) or \
         a.operating_point[1]["f1"] != c.operating_point[1]["f1"]
+
+
+def test_schema_defaults_are_the_learner_defaults():
+    """learn.patch in the workflow schema and LearnerConfig agree key by key and value by value."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    schema = yaml.safe_load((root / "workflow/schemas/learn.schema.yaml").read_text())
+    props = schema["properties"]["learn"]["properties"]["patch"]["properties"]
+    assert {k: v["default"] for k, v in props.items()} == LearnerConfig().as_dict()
+    assert all(v.get("description") for v in props.values())

@@ -43,6 +43,7 @@ from deepmir.predict import predict_brain_probs, predict_probs
 from deepmir.train import _cpu_state, _digest, _save, _write_text, amp_settings, build_model, set_prior_bias
 
 CHECKPOINT_FORMAT = 1
+PRIOR_FLOOR = 0.01   # the head starts every lesion class at ≥ 1 % (see train.set_prior_bias)
 LOG_COLUMNS = ("iteration", "loss", "lr", "val_f1", "seconds")
 #: dseg labels whose lesions are oversampled, per label mode
 SAMPLED_LABELS = {"cmb": (1,), "iron": (2,), "union": (1, 2), "multiclass": (1, 2)}
@@ -69,6 +70,7 @@ class LearnerConfig:
     checkpoint_every: int = 50
     log_every: int = 25
     dice_weight: float = 1.0
+    fg_weight: float = 1.0
     tta: bool = False
     depth: int = 4
     base_width: int = 16
@@ -81,7 +83,7 @@ class LearnerConfig:
         positive = ("iterations", "batch_size", "patch_size", "mine_every", "mine_slices", "pool_size",
                     "val_every", "checkpoint_every", "log_every", "base_width")
         bad = [k for k in positive if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1)]
-        bad += [k for k in ("lr", "weight_decay", "dice_weight", "warmup", "context")
+        bad += [k for k in ("lr", "weight_decay", "dice_weight", "fg_weight", "warmup", "context")
                 if not getattr(self, k) >= 0 or (k == "lr" and not self.lr > 0)]
         bad += [k for k in ("fg_fraction", "hard_fraction", "hard_start") if not 0 <= getattr(self, k) <= 1]
         if self.fg_fraction + self.hard_fraction > 1:
@@ -112,7 +114,7 @@ class LearnerConfig:
     @property
     def model(self) -> dict:
         return {"depth": self.depth, "base_width": self.base_width, "max_width": self.max_width,
-                "head_relu": False}
+                "head_relu": False, "negative_slope": 0.01}   # leaky ReLUs, as nnU-Net
 
 
 @dataclass
@@ -124,17 +126,22 @@ class LearnResult:
     completed: bool = True
 
 
-def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
-    """Cross-entropy (BCE for one logit) + ``dice_weight`` · (1 − soft Dice) over the
-    foreground classes, Dice summed over the whole batch (smooth 1)."""
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0,
+                 fg_weight: float = 1.0) -> torch.Tensor:
+    """Cross-entropy (BCE for one logit) with lesion voxels weighted ``fg_weight`` +
+    ``dice_weight`` · (1 − soft Dice) over the foreground classes, Dice summed over the whole
+    batch (smooth 1)."""
     logits = logits.float()
     if logits.shape[1] == 1:
         t = target.float()
-        ce = F.binary_cross_entropy_with_logits(logits[:, 0], t)
+        w = None if fg_weight == 1 else torch.tensor(float(fg_weight), device=logits.device)
+        ce = F.binary_cross_entropy_with_logits(logits[:, 0], t, pos_weight=w)
         p = torch.sigmoid(logits[:, 0])
         dice = (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
     else:
-        ce = F.cross_entropy(logits, target.long())
+        w = torch.full((logits.shape[1],), float(fg_weight), device=logits.device)
+        w[0] = 1.0
+        ce = F.cross_entropy(logits, target.long(), weight=None if fg_weight == 1 else w)
         p = torch.softmax(logits, 1)[:, 1:]
         oh = F.one_hot(target.long(), logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].float()
         dice = ((2 * (p * oh).sum((0, 2, 3)) + 1) / (p.sum((0, 2, 3)) + oh.sum((0, 2, 3)) + 1)).mean()
@@ -238,7 +245,7 @@ def train_patches(train_vols: list[dict], val_vols: list[dict], mode: str, cfg: 
         raise ValueError(f"the training volumes hold no '{mode}' lesion to learn from")
     model = build_model(n_classes, in_ch, cfg.model, seed)
     _, y0 = sampler.batch(np.random.default_rng([int(seed), 5]), 4 * cfg.batch_size)
-    set_prior_bias(model, map_labels(y0, mode))
+    set_prior_bias(model, map_labels(y0, mode), floor=PRIOR_FLOOR)
     model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(dev.type, enabled=use_scaler)
@@ -332,7 +339,7 @@ def train_patches(train_vols: list[dict], val_vols: list[dict], mode: str, cfg: 
                 g["lr"] = lr_at(cfg, it)
             with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
                 logits = model(xb)
-            loss = dice_ce_loss(logits, tb, cfg.dice_weight)
+            loss = dice_ce_loss(logits, tb, cfg.dice_weight, cfg.fg_weight)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)

@@ -147,7 +147,7 @@ def select_operating_point(probs_list, refs_list, mode: str, tolerances: dict, u
 
     probs_list: ``[K, ...]`` per volume; refs_list: dseg (0/1/2) per volume; tolerances:
     {class name: tolerance} in ``unit``; voxel_sizes: per volume (for mm and the CMB size
-    bound). Ties go to the lower threshold, then the smaller minimum size. Returns
+    bound). Ties: :func:`_plateau_centre`. Returns
     ``(op, scores)``: ``op`` {label: {threshold, min_size, f1, tp, fp, fn}} and ``scores``
     rows (label, threshold, min_size, tp, fp, fn, f1) of the whole grid."""
     from deepmir.evaluate import components as ref_components
@@ -159,8 +159,8 @@ def select_operating_point(probs_list, refs_list, mode: str, tolerances: dict, u
         tol = tolerances[cls]
         max_diam = max_cmb_diameter_mm if cls == "cmb" else None
         refs = [ref_components(r, cls, vs) for r, vs in zip(refs_list, voxel_sizes)]
-        best = None
-        for t in thresholds:
+        grid = []
+        for t in sorted(thresholds):
             totals = np.zeros((len(min_sizes), 3), np.int64)
             for p, rc, vs, brain in zip(probs_list, refs, voxel_sizes, brains):
                 mask = class_masks(p, mode, {lab2: t for lab2 in MODE_LABELS[mode]})[lab]
@@ -168,14 +168,23 @@ def select_operating_point(probs_list, refs_list, mode: str, tolerances: dict, u
                     mask &= brain
                 totals += np.asarray(_counts(mask, rc, tol, unit, vs, min_sizes, max_diam))
             for m, (tp, fp, fn) in zip(min_sizes, totals):
-                f1 = float(_f1(tp, fp, fn))
-                rows.append({"label": lab, "class": cls, "threshold": float(t), "min_size": int(m),
-                             "tp": int(tp), "fp": int(fp), "fn": int(fn), "f1": f1})
-                if best is None or f1 > best["f1"] + 1e-12:
-                    best = {"threshold": float(t), "min_size": int(m), "f1": f1,
-                            "tp": int(tp), "fp": int(fp), "fn": int(fn)}
-        op[lab] = best
+                grid.append({"label": lab, "class": cls, "threshold": float(t), "min_size": int(m),
+                             "tp": int(tp), "fp": int(fp), "fn": int(fn), "f1": float(_f1(tp, fp, fn))})
+        rows += grid
+        op[lab] = _plateau_centre(grid)
     return op, rows
+
+
+def _plateau_centre(grid: list[dict]) -> dict:
+    """The best-F1 cell of a (threshold, min size) grid; among ties the threshold in the
+    middle of the tied ones (a few validation lesions often leave a plateau of equally good
+    thresholds, and its centre is the choice least tuned to them), then the smallest size."""
+    top = max(r["f1"] for r in grid)
+    tied = [r for r in grid if r["f1"] >= top - 1e-12]
+    ts = sorted({r["threshold"] for r in tied})
+    t = ts[(len(ts) - 1) // 2]
+    best = min((r for r in tied if r["threshold"] == t), key=lambda r: r["min_size"])
+    return {k: best[k] for k in ("threshold", "min_size", "f1", "tp", "fp", "fn")}
 
 
 def mean_f1(op: dict) -> float:

@@ -100,15 +100,17 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, fg_weight: float = 1.0) 
     return F.cross_entropy(logits, target, weight=w)
 
 
-def set_prior_bias(model: UNet, y: np.ndarray) -> None:
+def set_prior_bias(model: UNet, y: np.ndarray, floor: float = 1e-6) -> None:
     """Start the head at the class frequencies of ``y`` instead of 50 %: sigmoid bias
     log(p / (1 − p)); softmax biases log p_c, or with the head ReLU (outputs ≥ 0) a positive
     background bias log(p_bg / mean foreground p) and 0 elsewhere. Tiny lesions make p ~ 1e-4,
-    and from 50 % the optimiser would spend hundreds of steps just moving the bias."""
+    and from 50 % the optimiser would spend hundreds of steps just moving the bias.
+    ``floor``: no class starts below this probability (0.01 is RetinaNet's prior: a rarer
+    start leaves the softmax so saturated that a rare class can stay at 0 for good)."""
     k = model.n_classes
     y = np.asarray(y)
     counts = np.bincount(y.ravel(), minlength=max(2, k)).astype(np.float64)
-    freq = np.clip(counts / max(1.0, counts.sum()), 1e-6, 1.0)
+    freq = np.clip(counts / max(1.0, counts.sum()), floor, 1.0)
     with torch.no_grad():
         b = model.head.bias
         if k == 1:

@@ -19,25 +19,30 @@ import torch
 from torch import nn
 
 
-class ConvBlock(nn.Sequential):
-    """[conv 3×3, padding 1 → BatchNorm → ReLU] × 2."""
+def _relu(negative_slope: float) -> nn.Module:
+    return nn.LeakyReLU(negative_slope, inplace=True) if negative_slope else nn.ReLU(inplace=True)
 
-    def __init__(self, c_in: int, c_out: int):
+
+class ConvBlock(nn.Sequential):
+    """[conv 3×3, padding 1 → BatchNorm → ReLU (leaky with ``negative_slope`` > 0)] × 2."""
+
+    def __init__(self, c_in: int, c_out: int, negative_slope: float = 0.0):
         super().__init__(
-            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), _relu(negative_slope),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), _relu(negative_slope),
         )
 
 
 class UNet(nn.Module):
     def __init__(self, in_channels: int, n_classes: int, depth: int = 6, base_width: int = 64,
-                 max_width: int | None = None, head_relu: bool | None = None):
+                 max_width: int | None = None, head_relu: bool | None = None, negative_slope: float = 0.0):
         super().__init__()
         if in_channels < 1 or n_classes < 1 or depth < 2 or base_width < 1:
             raise ValueError("UNet needs in_channels ≥ 1, n_classes ≥ 1, depth ≥ 2, base_width ≥ 1")
         self.config = dict(in_channels=int(in_channels), n_classes=int(n_classes), depth=int(depth),
                            base_width=int(base_width), max_width=max_width,
-                           head_relu=bool(n_classes > 1 if head_relu is None else head_relu))
+                           head_relu=bool(n_classes > 1 if head_relu is None else head_relu),
+                           negative_slope=float(negative_slope))
         widths = [base_width * 2 ** i for i in range(depth)]
         if max_width is not None:
             widths = [min(w, int(max_width)) for w in widths]
@@ -45,16 +50,16 @@ class UNet(nn.Module):
         self.down = nn.ModuleList()
         c = in_channels
         for w in widths[:-1]:
-            self.down.append(ConvBlock(c, w))
+            self.down.append(ConvBlock(c, w, negative_slope))
             c = w
         self.pool = nn.MaxPool2d(2)
-        self.center = ConvBlock(c, widths[-1])
+        self.center = ConvBlock(c, widths[-1], negative_slope)
         self.up = nn.ModuleList()
         self.dec = nn.ModuleList()
         c = widths[-1]
         for w in reversed(widths[:-1]):
             self.up.append(nn.ConvTranspose2d(c, w, 2, stride=2))
-            self.dec.append(ConvBlock(2 * w, w))
+            self.dec.append(ConvBlock(2 * w, w, negative_slope))
             c = w
         self.head = nn.Conv2d(c, n_classes, 1)
         self.head_act = nn.ReLU() if self.config["head_relu"] else nn.Identity()
