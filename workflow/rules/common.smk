@@ -5,7 +5,8 @@ import os
 import sys
 
 import yaml
-from snakemake.utils import validate
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate as _smk_validate
 
 from deepmir import bids as _bids
 from deepmir.errors import InputError
@@ -14,7 +15,6 @@ from deepmir.synth.cohort import participant_ids as _synth_ids
 from deepmir.synth.config import ATLAS_CODE_FILES as _ATLAS_CODE_FILES
 from deepmir.synth.config import code_digest as _synth_code_digest
 from deepmir.synth.config import settings as _synth_settings
-
 
 
 def _typed(x):
@@ -33,12 +33,44 @@ def _typed(x):
     return x
 
 
+def validate(data, schema):
+    """snakemake.utils.validate (fills in the schema's defaults); a config that does not fit
+    the schema stops the workflow with one line naming the key."""
+    try:
+        _smk_validate(data, schema)
+    except WorkflowError as err:
+        bad = err.__cause__ or err.__context__      # the jsonschema ValidationError
+        if not hasattr(bad, "absolute_path"):
+            raise
+        key = ".".join(str(k) for k in bad.absolute_path) or "(top level)"
+        sys.exit(f"deepmir: error: config {key}: {' '.join(bad.message.split())}")
+
+
+def _refuse_unsafe_path(key, value):
+    """A config path goes into file patterns and shell commands: refuse what Snakemake would
+    read as a wildcard ({ }), what a command line would read as an option (leading -), and
+    control characters; anything else is quoted where it reaches a shell."""
+    v = str(value)
+    problem = ("is empty" if not v.strip("/") else
+               "contains a control character" if any(ord(c) < 32 or ord(c) == 127 for c in v) else
+               "contains { or } (Snakemake wildcards)" if "{" in v or "}" in v else
+               "starts with '-'" if v.startswith("-") else None)
+    if problem:
+        sys.exit(f"deepmir: error: config {key} {v!r}: {problem}")
+
+
 config.update(_typed(dict(config)))
 validate(config, "../schemas/config.schema.yaml")
+_CENSUS = config.get("census") if isinstance(config.get("census"), dict) else {}
+for _key, _value in (("output_dir", config["output_dir"]), ("bids_dir", config.get("bids_dir")),
+                     ("census.model", _CENSUS.get("model"))):
+    if _value or _key == "output_dir":
+        _refuse_unsafe_path(_key, _value)
 
 # jobs call the `deepmir` command of the environment that runs Snakemake (.venv/bin when
 # started as .venv/bin/snakemake), unless --sdm conda gives each rule its env from envs/
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+
 
 OUT = str(config["output_dir"]).rstrip("/")
 ANNOTATIONS = config["annotations"]
