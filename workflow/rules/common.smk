@@ -10,6 +10,7 @@ from snakemake.utils import validate as _smk_validate
 
 from deepmir import bids as _bids
 from deepmir.errors import InputError
+from deepmir.modelcard import read_model_card as _read_model_card
 from deepmir.synth import write as _synth_write
 from deepmir.synth.cohort import participant_ids as _synth_ids
 from deepmir.synth.config import ATLAS_CODE_FILES as _ATLAS_CODE_FILES
@@ -71,6 +72,24 @@ for _key, _value in (("output_dir", config["output_dir"]), ("bids_dir", config.g
 # started as .venv/bin/snakemake), unless --sdm conda gives each rule its env from envs/
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
+
+def _applied_model_card():
+    """model.json beside `census.model` (a trained model applied without training), checked
+    against its schema before any of it reaches a path or a command; None without one."""
+    if not _CENSUS.get("model") or _CENSUS.get("enabled") is False:
+        return None
+    model = os.path.normpath(str(_CENSUS["model"]))
+    card = os.path.join(os.path.dirname(model), "model.json")
+    for f, what in ((model, "no such file"), (card, "no model.json beside it")):
+        if not os.path.isfile(f):
+            sys.exit(f"deepmir: error: census.model {model}: {what}")
+    try:
+        return _read_model_card(card)
+    except InputError as err:
+        sys.exit(f"deepmir: error: {err}")
+
+
+MODEL_CARD = _applied_model_card()
 
 OUT = str(config["output_dir"]).rstrip("/")
 ANNOTATIONS = config["annotations"]
