@@ -153,7 +153,7 @@ def test_model_card_fields_are_checked(tmp_path, change, problem):
 
 def test_model_card_file_problems(tmp_path):
     card = tmp_path / "model.json"
-    with pytest.raises(InputError, match="missing model card"):
+    with pytest.raises(InputError, match="model card not found"):
         read_model_card(card)
     card.write_bytes(b"\xff\xfe{")
     with pytest.raises(InputError, match="not valid JSON"):
