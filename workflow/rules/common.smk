@@ -11,8 +11,6 @@ from snakemake.utils import validate as _smk_validate
 from deepmir import bids as _bids
 from deepmir.errors import InputError
 from deepmir.modelcard import read_model_card as _read_model_card
-from deepmir.synth import write as _synth_write
-from deepmir.synth.cohort import participant_ids as _synth_ids
 from deepmir.synth.config import ATLAS_CODE_FILES as _ATLAS_CODE_FILES
 from deepmir.synth.config import code_digest as _synth_code_digest
 from deepmir.synth.config import settings as _synth_settings
@@ -109,6 +107,11 @@ def _select(pids):
 
 
 if SYNTHETIC:
+    # the phantom code (and torch) is imported only for the synthetic cohort: a dry run on a
+    # BIDS dataset starts seconds faster
+    from deepmir.synth import write as _synth_write
+    from deepmir.synth.cohort import participant_ids as _synth_ids
+
     SYNTH = _synth_settings(config.get("synth"))
     N_ECHOES = len(SYNTH["gre"]["echo_times"])
     PIDS = _select(_synth_ids(SYNTH["n_participants"]))
