@@ -86,6 +86,13 @@ def test_outputs_written_together_appear_together(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
 
 
+def test_a_killed_writer_s_temporary_file_goes_with_the_next_write(tmp_path):
+    (tmp_path / ".tmp-999999-a.nii.gz").write_bytes(b"half")           # a writer killed with -9
+    (tmp_path / ".tmp-999999-b-a.nii.gz").write_bytes(b"other")        # another output's
+    niio.save(tmp_path / "a.nii.gz", np.ones((2, 2, 2)), AFF)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-999999-b-a.nii.gz", "a.nii.gz"]
+
+
 def test_a_folder_that_cannot_be_made(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(OutputError, match="cannot write"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,6 +75,7 @@ def atomic(path):
     kept = False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(path)
         yield tmp
         if _pending is None:
             os.replace(tmp, path)
@@ -106,6 +108,15 @@ def together():
         for tmp, _ in _pending:
             _remove(tmp)
         _pending = None
+
+
+def _remove_stale(path: Path):
+    """Temporary files of this output left by a writer that was killed (kill -9): one job
+    writes an output, so any other process's temporary file of it is stale."""
+    stale = re.compile(rf"\.tmp-(?!{os.getpid()}-)\d+-{re.escape(path.name)}")
+    for p in path.parent.iterdir():
+        if stale.fullmatch(p.name):
+            _remove(p)
 
 
 def _remove(p: Path):
