@@ -389,6 +389,29 @@ def test_qsm_options_refused(field, tmp_path, capsys, name, extra, named):
     assert list(out.iterdir()) == []                         # no χ, no stray .tmp-*
 
 
+# the workflow's commands check their options before reading anything
+RUN_CASES = [
+    ("qsm-run --chi without extension", ["qsm-run", "--chi", "{out}/chi.img"], "chi.img"),
+    ("qsm-run --lambda -1", ["qsm-run", "--lambda", "-1"], "--lambda"),
+    ("qsm-run --mask-erode-mm -2", ["qsm-run", "--mask-erode-mm", "-2"], "--mask-erode-mm"),
+    ("swi --minip without extension", ["swi", "--minip", "{out}/minip"], "minip"),
+]
+
+
+@pytest.mark.parametrize("name,extra,named", RUN_CASES, ids=[c[0] for c in RUN_CASES])
+def test_qsm_run_and_swi_options_refused(tmp_path, capsys, name, extra, named):
+    out = tmp_path / "out"
+    out.mkdir()
+    files = {k: str(tmp_path / f"{k}.nii.gz") for k in ("mag", "phase", "mask")}
+    argv = {"qsm-run": {"--chi": f"{out}/chi.nii.gz", "--r2s": f"{out}/r2s.nii.gz", "--field": f"{out}/f.nii.gz"},
+            "swi": {"--output": f"{out}/swi.nii.gz", "--minip": f"{out}/minip.nii.gz"}}[extra[0]]
+    argv.update({f"--{k}": v for k, v in files.items()}, **{"--json": str(tmp_path / "MEGRE.json")})
+    argv[extra[1]] = extra[2].format(out=out)
+    code, err = _cli([extra[0], *[x for kv in argv.items() for x in kv]], capsys)
+    assert code == 2 and len(err) == 1 and named in err[0], err
+    assert list(out.iterdir()) == []
+
+
 def test_the_suite_has_at_least_60_cases():
     from test_inputs import MALFORMED
-    assert len(MALFORMED) + len(CASES) + len(QSM_CASES) >= 60
+    assert len(MALFORMED) + len(CASES) + len(QSM_CASES) + len(RUN_CASES) >= 60

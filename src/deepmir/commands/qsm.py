@@ -29,18 +29,21 @@ def _load(path, what):
     return data, aff
 
 
-def _check_options(args, outputs=(), positive=(), nonnegative=()):
+def _check_options(outputs=(), positive=(), nonnegative=()):
     """Refuse, before any work, an output that is not NIfTI and numbers out of range (each
     given as (option, value); None: not given)."""
     for option, path in outputs:
         if path and not str(path).endswith(niio.NIFTI_EXTENSIONS):
             raise InputError(path, f"{option} must end in .nii or .nii.gz")
-    for option, v in positive + nonnegative:
-        if v is None:
-            continue
-        need = "positive" if (option, v) in positive else "0 or more"
-        if not np.isfinite(v) or v < 0 or (v == 0 and need == "positive"):
-            raise InputError(option, f"must be finite and {need}, got {v}")
+    for options, need, ok in ((positive, "positive", lambda v: v > 0), (nonnegative, "0 or more", lambda v: v >= 0)):
+        for option, v in options:
+            if v is not None and not (np.isfinite(v) and ok(v)):
+                raise InputError(option, f"must be finite and {need}, got {v}")
+
+
+def _given(args, *names):
+    """(--option, value) of argparse destinations."""
+    return tuple((f"--{k.replace('_', '-')}", getattr(args, k)) for k in names)
 
 
 def _need_ndim(arr, path, what, ndims):
@@ -86,10 +89,8 @@ def run_qsm(args) -> int:
     from deepmir.qsm.pipeline import hz_per_ppm
 
     torch.set_num_threads(max(int(args.threads), 1))
-    _check_options(args, outputs=[("--output", args.output)],
-                   positive=(("--b0", args.b0), ("--te", args.te), ("--lambda", args.lam),
-                             ("--tkd-threshold", args.tkd_threshold)),
-                   nonnegative=(("--smv-radius", args.smv_radius),))
+    _check_options(outputs=_given(args, "output"), nonnegative=_given(args, "smv_radius"),
+                   positive=_given(args, "b0", "te", "tkd_threshold") + (("--lambda", args.lam),))
     if args.te > 1:
         raise InputError("--te", f"echo time is in seconds, got {args.te} (ms?)")
     field, aff = _load(args.field, "field")
@@ -212,12 +213,10 @@ def run_qsm_run(args) -> int:
     from deepmir.qsm.pipeline import DEFAULTS, reconstruct
 
     torch.set_num_threads(max(int(args.threads), 1))
-    _check_options(args, outputs=[(f"--{k.replace('_', '-')}", getattr(args, k))
-                                  for k in ("chi", "r2s", "field", "chi_tkd", "total_field")],
-                   positive=tuple((f"--{k.replace('_', '-')}", getattr(args, k)) for k in (
-                       "lambda", "tkd_threshold", "pdf_tol", "vsharp_max_radius_mm", "smv_radius_mm")),
-                   nonnegative=tuple((f"--{k.replace('_', '-')}", getattr(args, k)) for k in (
-                       "lambda_csf", "csf_r2s_threshold", "mask_erode_mm")))
+    _check_options(outputs=_given(args, "chi", "r2s", "field", "chi_tkd", "total_field"),
+                   positive=_given(args, "lambda", "tkd_threshold", "pdf_tol", "vsharp_max_radius_mm",
+                                   "smv_radius_mm"),
+                   nonnegative=_given(args, "lambda_csf", "csf_r2s_threshold", "mask_erode_mm"))
     te, b0, sign, meta_dir = _read_meta(args.json)
     mag, phase, aff = _load_echoes(args, te.size)
     if te.size < 2:
@@ -257,7 +256,7 @@ def run_swi(args) -> int:
     from deepmir.swi import minip, swi
 
     torch.set_num_threads(max(int(args.threads), 1))
-    _check_options(args, outputs=[("--output", args.output), ("--minip", args.minip)])
+    _check_options(outputs=_given(args, "output", "minip"))
     te, b0, sign, meta_dir = _read_meta(args.json)
     mag, phase, aff = _load_echoes(args, te.size)
     k = int(np.argmin(te))
