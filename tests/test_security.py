@@ -156,6 +156,9 @@ def test_model_card_file_problems(tmp_path):
     with pytest.raises(InputError, match="model card not found"):
         read_model_card(card)
     card.write_bytes(b"\xff\xfe{")
+    with pytest.raises(InputError, match="not UTF-8"):
+        read_model_card(card)
+    card.write_text("{experiment: x}")
     with pytest.raises(InputError, match="not valid JSON"):
         read_model_card(card)
     card.write_text("[1, 2]")

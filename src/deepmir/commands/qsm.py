@@ -35,7 +35,8 @@ def _check_options(outputs=(), positive=(), nonnegative=()):
     for option, path in outputs:
         if path and not str(path).endswith(niio.NIFTI_EXTENSIONS):
             raise InputError(path, f"{option} must end in .nii or .nii.gz")
-    for options, need, ok in ((positive, "positive", lambda v: v > 0), (nonnegative, "0 or more", lambda v: v >= 0)):
+    for options, need, ok in ((positive, "positive", lambda v: v > 0),
+                              (nonnegative, "0 or more", lambda v: v >= 0)):
         for option, v in options:
             if v is not None and not (np.isfinite(v) and ok(v)):
                 raise InputError(option, f"must be finite and {need}, got {v}")
