@@ -161,13 +161,14 @@ def test_sessions_and_uneven_echoes(tmp_path):
 def test_siemens_integer_phase_is_converted(tmp_path, stored):
     root = make_minimal_bids(tmp_path / "bids", n_echoes=2)
     rng = np.random.default_rng(5)
-    truth = rng.uniform(-np.pi, np.pi * 0.999, _shape(root))
+    truth = rng.uniform(-np.pi, np.pi * 0.999, _shape(root) + (2,))
     ints = np.round(truth * 2048 / np.pi + 2048) if stored == "unsigned" else np.round(truth * 4096 / np.pi)
-    _nii(root / f"{ANAT}_echo-1_part-phase_MEGRE.nii.gz", ints.astype(np.int16))
+    for n in (1, 2):                     # every echo in one unit (a mixture is refused)
+        _nii(root / f"{ANAT}_echo-{n}_part-phase_MEGRE.nii.gz", ints[..., n - 1].astype(np.int16))
     (rec,) = bids.discover(root)
     mag, rad, aff, info = bids.load_checked(rec)
-    assert "Siemens" in info["PhaseConversion"][0]
-    err = np.angle(np.exp(1j * (rad[..., 0] - truth)))
+    assert all("Siemens" in how for how in info["PhaseConversion"])
+    err = np.angle(np.exp(1j * (rad - truth)))
     assert np.abs(err).max() <= np.pi / 2048 + 1e-5
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from deepmir import niio
 from deepmir.geometry import voxel_sizes
 
 _F = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (its own inverse)
@@ -759,12 +760,7 @@ def _edges(vol, pct=90.0):
 
 
 def _save_fig(fig, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp-" + path.name)
-    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight", facecolor="black")
-    os.replace(tmp, path)
-    return path
+    return niio.write_png(path, fig, dpi=100, bbox_inches="tight", facecolor="black")
 
 
 def qc_registration_figure(gre_mag, moved, affine=None, title=None):

@@ -12,21 +12,26 @@ levels so that a cohort of thousands can be listed quickly:
 """
 from __future__ import annotations
 
-import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from deepmir import niio
 from deepmir.geometry import b0_direction, voxel_sizes
 from deepmir.errors import InputError
-from deepmir.phase import phase_to_radians
+from deepmir.phase import detect_unit, phase_to_radians
 
 LABELS = (0, 1, 2)          # annotation dseg: background, microbleed, iron deposit
 AFFINE_TOL_MM = 1e-3
+QFORM_TOL_MM = 0.1          # sform and qform may differ by rounding, not by a placement
+MIN_ECHO_TIME_S = 1e-4      # shorter: EchoTime is not in seconds
+MAX_DEFLATE_RATIO = 1100    # gzip's deflate cannot compress more than ~1032:1
 ECHO_RE = re.compile(r"_echo-(\d+)_part-(mag|phase)_MEGRE\.nii(\.gz)?$")
+LABEL_RE = re.compile(r"[A-Za-z0-9]+")
 
 
 @dataclass
@@ -50,11 +55,27 @@ class Record:
 
 
 def _nifti(folder: Path, stem: str) -> Path | None:
-    """``stem.nii.gz`` or ``stem.nii`` in folder (refuse both at once)."""
-    found = [p for p in (folder / f"{stem}.nii.gz", folder / f"{stem}.nii") if p.exists()]
+    """``stem.nii.gz`` or ``stem.nii`` in folder (refuse both at once, and a broken link)."""
+    found = [p for p in (folder / f"{stem}.nii.gz", folder / f"{stem}.nii") if p.exists() or p.is_symlink()]
     if len(found) > 1:
         raise InputError(found[1], f"both {found[0].name} and {found[1].name} exist; keep one")
-    return found[0] if found else None
+    return niio.regular_file(found[0], "image") if found else None
+
+
+def _folders(parent: Path, prefix: str, what: str) -> list[Path]:
+    """The ``prefix``-named entries of parent (sub-* or ses-*), each a folder with a BIDS label
+    of letters and digits only."""
+    found = []
+    for p in sorted(parent.iterdir()):
+        if not p.name.startswith(prefix):
+            continue
+        if not p.is_dir():
+            raise InputError(p, f"{what} entry is not a folder" + (" (broken or looping symbolic link)"
+                                                                   if p.is_symlink() and not p.exists() else ""))
+        if not LABEL_RE.fullmatch(p.name[len(prefix):]):
+            raise InputError(p, f"{what} label {p.name[len(prefix):]!r} must be letters and digits only")
+        found.append(p)
+    return found
 
 
 def discover(bids_dir, annotations: str = "annotations", only: str | None = None) -> list[Record]:
@@ -63,10 +84,12 @@ def discover(bids_dir, annotations: str = "annotations", only: str | None = None
     root = Path(bids_dir)
     if not root.is_dir():
         raise InputError(root, "BIDS directory does not exist")
-    if not (root / "dataset_description.json").is_file():
-        raise InputError(root / "dataset_description.json", "missing: not a BIDS dataset root")
-    subs = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("sub-"))
-    _check_participants_tsv(root, [s.name for s in subs])
+    description = root / "dataset_description.json"
+    if not (description.exists() or description.is_symlink()):
+        raise InputError(description, "missing: not a BIDS dataset root")
+    if not isinstance(niio.read_json(description, "dataset_description.json"), dict):
+        raise InputError(description, "dataset_description.json is not a JSON object")
+    subs = _folders(root, "sub-", "subject")
     seen: dict[str, Path] = {}
     for sdir in subs:
         key = sdir.name.lower()
@@ -74,13 +97,17 @@ def discover(bids_dir, annotations: str = "annotations", only: str | None = None
             raise InputError(sdir, f"duplicate subject: same label as {seen[key].name} "
                                    "(labels differing only in case)")
         seen[key] = sdir
+    _check_participants_tsv(root, [s.name for s in subs], compare=only is None)
     if only is not None:
         subs = [s for s in subs if s.name == only.split("_")[0]]
         if not subs:
             raise InputError(root / only.split("_")[0], "no such participant in the dataset")
     records = []
     for sdir in subs:
-        sessions = sorted(p for p in sdir.iterdir() if p.is_dir() and p.name.startswith("ses-"))
+        sessions = _folders(sdir, "ses-", "session")
+        if sessions and ((sdir / "anat").exists() or (sdir / "anat").is_symlink()):
+            raise InputError(sdir / "anat", f"anat folder beside session folders ({sessions[0].name}, …): "
+                                            "move it into a session")
         units = [(s.name, s / "anat") for s in sessions] or [(None, sdir / "anat")]
         for ses, anat in units:
             rec = Record(sub=sdir.name, ses=ses, anat_dir=anat)
@@ -93,17 +120,24 @@ def discover(bids_dir, annotations: str = "annotations", only: str | None = None
     return records
 
 
-def _check_participants_tsv(root: Path, subs: list[str]):
+def _check_participants_tsv(root: Path, subs: list[str], compare: bool = True):
+    """participants.tsv (optional): UTF-8, participant_id first, no duplicates, and with
+    ``compare`` exactly the subject folders."""
     tsv = root / "participants.tsv"
-    if not tsv.exists():
+    if not (tsv.exists() or tsv.is_symlink()):
         return
-    lines = [ln.split("\t") for ln in tsv.read_text().splitlines() if ln.strip()]
-    if not lines or lines[0][0] != "participant_id":
+    lines = [ln.split("\t") for ln in niio.read_text(tsv, "participants.tsv").splitlines() if ln.strip()]
+    if not lines or lines[0][0].strip() != "participant_id":
         raise InputError(tsv, "first column must be 'participant_id'")
     ids = [ln[0].strip() for ln in lines[1:]]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise InputError(tsv, f"duplicate participant_id {', '.join(dup)}")
+    if compare:
+        for which, names in (("listed but has no folder", sorted(set(ids) - set(subs))),
+                             ("has a folder but is not listed", sorted(set(subs) - set(ids)))):
+            if names:
+                raise InputError(tsv, f"{', '.join(names[:5])}{' …' if len(names) > 5 else ''} {which}")
 
 
 def _find_files(rec: Record, root: Path, annotations: str):
@@ -112,6 +146,8 @@ def _find_files(rec: Record, root: Path, annotations: str):
         raise InputError(rec.anat_dir, "missing anat folder")
     echoes: dict[str, dict[int, Path]] = {"mag": {}, "phase": {}}
     for p in sorted(rec.anat_dir.iterdir()):
+        if p.name.startswith(prefix + "_") and p.is_symlink() and not p.exists():
+            raise InputError(p, "broken or looping symbolic link")
         m = ECHO_RE.search(p.name)
         if m and p.name.startswith(prefix + "_echo-"):
             n, part = int(m.group(1)), m.group(2)
@@ -142,7 +178,9 @@ def _find_files(rec: Record, root: Path, annotations: str):
 # header-level checks ---------------------------------------------------------------------
 
 def _header(path: Path):
-    if path.stat().st_size == 0:
+    niio.regular_file(path, "image")
+    size = path.stat().st_size
+    if size == 0:
         raise InputError(path, "empty file")
     try:
         img = nib.load(str(path))
@@ -153,18 +191,32 @@ def _header(path: Path):
         shape = shape[:3]
     if len(shape) != 3:
         raise InputError(path, f"expected a 3D image, found {len(img.shape)}D with shape {img.shape}")
+    dtype = img.get_data_dtype()
+    if dtype.kind not in "biuf":
+        raise InputError(path, f"voxel type {dtype} is not real numbers (complex or RGB data?)")
+    hdr = img.header
+    need = int(np.prod(img.shape, dtype=np.float64)) * dtype.itemsize
+    room = size - int(hdr.get("vox_offset", 0)) if path.name.endswith(".nii") else size * MAX_DEFLATE_RATIO
+    if need > room:
+        raise InputError(path, f"the header's {'x'.join(map(str, img.shape))} {dtype} voxels "
+                               f"({need / 1e6:.4g} MB) do not fit in the file ({size} bytes)")
+    if "sform_code" in hdr and hdr["sform_code"] == 0 and hdr["qform_code"] == 0:
+        raise InputError(path, "no orientation: the sform and qform codes are both 0")
     if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-9:
         raise InputError(path, "the affine (sform/qform) is missing or singular")
+    if "sform_code" in hdr and hdr["sform_code"] > 0 and hdr["qform_code"] > 0:
+        corners = np.array([[i, j, k, 1] for i in (0, shape[0]) for j in (0, shape[1]) for k in (0, shape[2])]).T
+        apart = np.abs(hdr.get_sform() @ corners - hdr.get_qform() @ corners).max()
+        if not apart <= QFORM_TOL_MM:
+            raise InputError(path, f"the sform and qform disagree (by up to {apart:.3g} mm): which "
+                                   "orientation is right? Fix the header or zero one of the codes")
     return img, shape
 
 
 def _json(path: Path) -> dict:
-    if not path.exists():
+    if not (path.exists() or path.is_symlink()):
         raise InputError(path, "missing JSON sidecar")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(path, f"invalid JSON ({err})")
+    meta = niio.read_json(path, "JSON sidecar")
     if not isinstance(meta, dict):
         raise InputError(path, "JSON sidecar is not an object")
     return meta
@@ -186,7 +238,7 @@ def check_headers(rec: Record, min_echoes: int = 1) -> dict:
     if len(rec.mag) < min_echoes:
         raise InputError(rec.mag[0], f"{len(rec.mag)} echo(es) found, at least {min_echoes} needed")
     ref_img, ref_shape = _header(rec.mag[0])
-    te, b0, sign, b0_dirs = [], [], [], []
+    te, b0, sign, b0_dirs = [], [], [], []   # (value, sidecar) pairs, but te: (echo, value, sidecar)
     for path in rec.mag + rec.phase:
         img, shape = _header(path)
         if shape != ref_shape:
@@ -197,18 +249,29 @@ def check_headers(rec: Record, min_echoes: int = 1) -> dict:
         for path in (mpath, ppath):
             meta = _json(rec.sidecar(path))
             jpath = rec.sidecar(path)
-            t = _number(meta, "EchoTime", jpath, 0, 1.0, "s (EchoTime is in seconds)")
+            t = _number(meta, "EchoTime", jpath, MIN_ECHO_TIME_S, 1.0, "s (EchoTime is in seconds)")
             te.append((n, t, jpath))
             b0.append((_number(meta, "MagneticFieldStrength", jpath, 0, 20, "T"), jpath))
             if "PhaseSign" in meta:
-                if meta["PhaseSign"] not in (1, -1):
-                    raise InputError(jpath, f"PhaseSign must be 1 or -1, found {meta['PhaseSign']!r}")
-                sign.append(int(meta["PhaseSign"]))
+                v = meta["PhaseSign"]
+                if isinstance(v, bool) or v not in (1, -1):
+                    raise InputError(jpath, f"PhaseSign must be 1 or -1, found {v!r}")
+                sign.append((int(v), jpath))
             if "B0_dir" in meta:
-                v = np.asarray(meta["B0_dir"], float)
-                if v.shape != (3,) or not np.isfinite(v).all() or np.linalg.norm(v) == 0:
+                v = meta["B0_dir"]
+                ok = (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and
+                                                                  not isinstance(x, bool) for x in v))
+                v = np.asarray(v, float) if ok else None
+                if v is None or not np.isfinite(v).all() or np.linalg.norm(v) == 0:
                     raise InputError(jpath, f"B0_dir must be 3 numbers, found {meta['B0_dir']!r}")
-                b0_dirs.append(v / np.linalg.norm(v))
+                b0_dirs.append((v / np.linalg.norm(v), jpath))
+    for values, key, differ in ((b0, "MagneticFieldStrength", lambda a, b: abs(a - b) > 1e-3),
+                                (sign, "PhaseSign", lambda a, b: a != b),
+                                (b0_dirs, "B0_dir", lambda a, b: np.abs(a - b).max() > 1e-3)):
+        for v, jpath in values[1:]:
+            if differ(v, values[0][0]):
+                raise InputError(jpath, f"{key} {_show(v)} differs from {_show(values[0][0])} in "
+                                        f"{values[0][1].name}: the series must agree")
     echo_times = []
     for n in range(1, len(rec.mag) + 1):
         ts = [t for k, t, _ in te if k == n]
@@ -221,8 +284,6 @@ def check_headers(rec: Record, min_echoes: int = 1) -> dict:
             bad = [p for n, _, p in te if n == k + 1][0]
             raise InputError(bad, f"EchoTime {echo_times[k]} s is not after echo {k} "
                                   f"({echo_times[k - 1]} s): echoes must be in order")
-    if max(v for v, _ in b0) - min(v for v, _ in b0) > 1e-3:
-        raise InputError(b0[-1][1], "MagneticFieldStrength differs between echoes")
     if rec.annotation is not None:
         img, shape = _header(rec.annotation)
         if shape != ref_shape or not np.allclose(img.affine, ref_img.affine, atol=AFFINE_TOL_MM):
@@ -232,16 +293,20 @@ def check_headers(rec: Record, min_echoes: int = 1) -> dict:
         if path is not None:
             _header(path)
     affine = ref_img.affine
-    b0_dir = b0_dirs[0] if b0_dirs else b0_direction(affine)
+    b0_dir = b0_dirs[0][0] if b0_dirs else b0_direction(affine)
     return {
         "EchoTime": echo_times,
         "MagneticFieldStrength": b0[0][0],
         "B0_dir": [float(x) for x in b0_dir],
         "B0_dir_source": "JSON B0_dir" if b0_dirs else "affine",
-        "PhaseSign": sign[0] if sign else None,
+        "PhaseSign": sign[0][0] if sign else None,
         "VoxelSize": [float(x) for x in voxel_sizes(affine)],
         "Shape": list(ref_shape),
     }
+
+
+def _show(v) -> str:
+    return f"[{', '.join(f'{x:.4g}' for x in v)}]" if isinstance(v, np.ndarray) else f"{v:g}"
 
 
 # data-level checks -----------------------------------------------------------------------
@@ -282,6 +347,21 @@ def load_series(rec: Record, info: dict | None = None, phase_unit: str = "auto")
         if np.nanmax(a) == np.nanmin(a):
             raise InputError(path, f"phase volume is constant ({np.nanmax(a):g})")
         phases.append(a)
+    if phase_unit == "auto":
+        # one unit for the whole series: an echo detected otherwise (an outlier voxel, a
+        # mixed-up file) is refused rather than converted differently from the others
+        units = []
+        for path, a in zip(rec.phase, phases):
+            try:
+                units.append(detect_unit(a))
+            except ValueError as err:
+                raise InputError(path, f"{err}; set phase_unit (radians, siemens or rescale) if you know it")
+        common = Counter(units).most_common(1)[0][0]
+        for path, unit in zip(rec.phase, units):
+            if unit != common:
+                raise InputError(path, f"phase looks like {unit} but the other echoes like {common}: "
+                                       "the echoes must share one unit (set phase_unit to force one)")
+        phase_unit = common
     converted = [phase_to_radians(a, assume=phase_unit) for a in phases]
     rad = np.nan_to_num(np.stack([r for r, _ in converted], axis=-1), nan=0.0)
     info["PhaseConversion"] = [f"echo {n}: {how}" for n, (_, how) in enumerate(converted, 1)]

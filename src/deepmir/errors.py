@@ -6,5 +6,9 @@ class InputError(Exception):
 
     def __init__(self, path, problem: str):
         self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+        self.problem = " ".join(str(problem).split())
+        super().__init__(f"{self.path}: {self.problem}")
+
+
+class OutputError(InputError):
+    """An output that cannot be written (read-only folder, disk full): one line, as InputError."""

@@ -15,7 +15,6 @@ each marginal histogram uses every defined value of its measure.
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy import ndimage
 
+from deepmir import niio
 from deepmir.tables import TABLE3_SECTIONS, TABLE_S31_SECTIONS, _order, modality_name
 
 GROUP_TITLES = {(mode, cls): title for title, mode, cls in TABLE3_SECTIONS + TABLE_S31_SECTIONS}
@@ -46,14 +46,8 @@ def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
 
 
 def write_png(fig: Figure, path, dpi: int = 100) -> Path:
-    """Write the figure as PNG atomically (temporary name, then rename)."""
-    data = png_bytes(fig, dpi)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp-" + path.name)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
+    """Write the figure as PNG atomically (deepmir.niio)."""
+    return niio.write_text(path, png_bytes(fig, dpi))
 
 
 def placeholder(text: str = "no data", size=(5.0, 3.0)) -> Figure:

@@ -7,12 +7,14 @@ Scanners and converters store phase in several ways:
 - Siemens integers: unsigned 12 bit 0 … 4095 (``(v − 2048)·π/2048``) or the signed form
   −4096 … 4094/4095 that dcm2niix writes after applying slope 2 / intercept −4096
   (``v·π/4096``); both map the 4096 levels onto [−π, π);
-- any other linear scaling (e.g. the ROMEO / CLEARSWI test data, 4096 levels within
-  ±0.003674 — inside ±π but spanning far less than π): the finite minimum … maximum are
-  rescaled linearly onto −π … π.
+- a phase scaled down (e.g. the ROMEO / CLEARSWI test data, 4096 levels within ±0.003674 —
+  inside ±π but spanning far less than π): the finite minimum … maximum are rescaled
+  linearly onto −π … π.
 
-A genuine radian image spanning less than π (e.g. a small smooth crop) would be taken
-for a scaled one: pass ``assume="radians"`` when the unit is known.
+Anything else (a float phase of range 0 … 20000, radians with an outlier beyond π) is not
+guessed at: :func:`detect_unit` refuses it and ``assume="rescale"`` (or ``"radians"``, which
+clips) must be given. A genuine radian image spanning less than π (e.g. a small smooth crop)
+would be taken for a scaled one: pass ``assume="radians"`` when the unit is known.
 
 NaNs stay NaN (callers decide whether to refuse them); ±inf are treated as NaN.
 """
@@ -27,14 +29,30 @@ def _is_integer_valued(v: np.ndarray) -> bool:
     return bool(np.all(np.abs(v - np.round(v)) <= 1e-3))
 
 
+def detect_unit(data) -> str:
+    """``"radians"``, ``"siemens"`` or ``"rescale"`` (see the module doc); ValueError, with the
+    value range, when the phase fits none of them."""
+    a = np.asarray(data, dtype=np.float64)
+    v = a[np.isfinite(a)]
+    if not v.size:
+        raise ValueError("phase has no finite values")
+    vmin, vmax = float(v.min()), float(v.max())
+    if max(abs(vmin), abs(vmax)) <= np.pi * RADIAN_SLACK:
+        return "radians" if vmax - vmin >= np.pi else "rescale"
+    if _is_integer_valued(v) and vmin >= -4096 and vmax <= 4095:
+        return "siemens"
+    raise ValueError(f"phase values {vmin:.6g}..{vmax:.6g} are neither radians (within ±π) nor "
+                     "Siemens integers (0..4095 or -4096..4095)")
+
+
 def phase_to_radians(data, assume: str = "auto"):
     """Return ``(radians, how)``: the phase as float32 radians in [−π, π] and a short
     description of what was done.
 
-    ``assume``: ``"auto"`` (detect, see module doc), ``"radians"``, ``"siemens"`` or
-    ``"rescale"`` to force one interpretation. NaN (and ±inf, which become NaN) are kept
-    where they are; an array without any finite value is returned unchanged as NaN with
-    ``how == "no finite values"``.
+    ``assume``: ``"auto"`` (:func:`detect_unit`; ValueError when it cannot tell),
+    ``"radians"``, ``"siemens"`` or ``"rescale"`` to force one interpretation. NaN (and ±inf,
+    which become NaN) are kept where they are; an array without any finite value is returned
+    unchanged as NaN with ``how == "no finite values"``.
     """
     a = np.asarray(data, dtype=np.float64)
     out = np.full(a.shape, np.nan, dtype=np.float64)
@@ -46,14 +64,7 @@ def phase_to_radians(data, assume: str = "auto"):
     if assume not in ("auto", "radians", "siemens", "rescale"):
         raise ValueError(f"unknown phase interpretation {assume!r}")
 
-    kind = assume
-    if kind == "auto":
-        if max(abs(vmin), abs(vmax)) <= np.pi * RADIAN_SLACK and vmax - vmin >= np.pi:
-            kind = "radians"
-        elif _is_integer_valued(v) and vmin >= -4096 and vmax <= 4095:
-            kind = "siemens"
-        else:
-            kind = "rescale"
+    kind = detect_unit(v) if assume == "auto" else assume
 
     if kind == "radians":
         r = np.clip(v, -np.pi, np.pi)

@@ -5,6 +5,8 @@
 #   anat_brainmask MEGRE (+ N4 T1w, xfm) -> space-MEGRE_desc-brain_mask (+ .json with `method`)
 # A participant without a T1w gets the magnitude-only mask; without a T2w, no space-MEGRE_T2w.
 
+import shlex
+
 validate(config, "../schemas/anat.schema.yaml")
 
 ANAT = config["anat"]
@@ -38,7 +40,7 @@ def _anat_mask_options(wc, input):
             f"--mag-close-mm {b['mag_close_mm']} --threshold-scale {b['threshold_scale']} "
             f"--seed {ANAT['registration']['seed']}")
     if "t1w" in input.keys():
-        opts = f"--t1w {input.t1w} --xfm {input.xfm} " + opts
+        opts = f"--t1w {shlex.quote(input.t1w)} --xfm {shlex.quote(input.xfm)} " + opts
     return opts
 
 
@@ -80,11 +82,11 @@ rule anat_n4:
         mem_mb=lambda wc, attempt: ANAT["mem_mb"] * attempt,
         runtime=ANAT["runtime"],
     shell:
-        "deepmir n4 --input {input:q} --output {output.image} --bias {output.bias} "
+        "deepmir n4 --input {input:q} --output {output.image:q} --bias {output.bias:q} "
         "--shrink-factor {params.shrink_factor} --iterations {params.iterations} "
         "--tol {params.tol} --spline-distance {params.spline_distance} --mask {params.mask} "
         "--crop-mm {params.crop_mm} "
-        "--threads {threads} > {log} 2>&1"
+        "--threads {threads} > {log:q} 2>&1"
 
 
 rule anat_register:
@@ -123,14 +125,14 @@ rule anat_register:
         mem_mb=lambda wc, attempt: ANAT["mem_mb"] * attempt,
         runtime=ANAT["runtime"],
     shell:
-        "deepmir register --moving {input.image} --mag {input.mag} --info {input.info} "
-        "--xfm {output.xfm} --output {output.image} --qc {output.qc} "
+        "deepmir register --moving {input.image:q} --mag {input.mag:q} --info {input.info:q} "
+        "--xfm {output.xfm:q} --output {output.image:q} --qc {output.qc:q} "
         "--title '{wildcards.pid} {wildcards.contrast} on MEGRE' "
         "--fixed {params.fixed} --metric {params.metric} --bins {params.bins} "
         "--sampling-rate {params.sampling_rate} --iterations {params.iterations} "
         "--finest-mm {params.finest_mm} --init {params.init} "
         "--interpolation {params.interpolation} --seed {params.seed} --threads {threads} "
-        "> {log} 2>&1"
+        "> {log:q} 2>&1"
 
 
 rule anat_brainmask:
@@ -157,9 +159,9 @@ rule anat_brainmask:
         mem_mb=lambda wc, attempt: ANAT["mem_mb"] * attempt,
         runtime=ANAT["runtime"],
     shell:
-        "deepmir brainmask --mag {input.mag} --info {input.info} {params.options} "
-        "--output {output.mask} --json {output.json} --qc {output.qc} "
-        "--title '{wildcards.pid} brain mask' --threads {threads} > {log} 2>&1"
+        "deepmir brainmask --mag {input.mag:q} --info {input.info:q} {params.options} "
+        "--output {output.mask:q} --json {output.json:q} --qc {output.qc:q} "
+        "--title '{wildcards.pid} brain mask' --threads {threads} > {log:q} 2>&1"
 
 
 ALL_TARGETS += [f for pid in PIDS for f in anat_outputs(pid)]

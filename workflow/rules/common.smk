@@ -5,16 +5,15 @@ import os
 import sys
 
 import yaml
-from snakemake.utils import validate
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate as _smk_validate
 
 from deepmir import bids as _bids
 from deepmir.errors import InputError
-from deepmir.synth import write as _synth_write
-from deepmir.synth.cohort import participant_ids as _synth_ids
+from deepmir.modelcard import read_model_card as _read_model_card
 from deepmir.synth.config import ATLAS_CODE_FILES as _ATLAS_CODE_FILES
 from deepmir.synth.config import code_digest as _synth_code_digest
 from deepmir.synth.config import settings as _synth_settings
-
 
 
 def _typed(x):
@@ -33,12 +32,62 @@ def _typed(x):
     return x
 
 
+def validate(data, schema):
+    """snakemake.utils.validate (fills in the schema's defaults); a config that does not fit
+    the schema stops the workflow with one line naming the key."""
+    try:
+        _smk_validate(data, schema)
+    except WorkflowError as err:
+        bad = err.__cause__ or err.__context__      # the jsonschema ValidationError
+        if not hasattr(bad, "absolute_path"):
+            raise
+        key = ".".join(str(k) for k in bad.absolute_path) or "(top level)"
+        sys.exit(f"deepmir: error: config {key}: {' '.join(bad.message.split())}")
+
+
+def _refuse_unsafe_path(key, value):
+    """A config path goes into file patterns and shell commands: refuse what Snakemake would
+    read as a wildcard ({ }), what a command line would read as an option (leading -), and
+    control characters; anything else is quoted where it reaches a shell."""
+    v = str(value)
+    problem = ("is empty" if not v.strip("/") else
+               "contains a control character" if any(ord(c) < 32 or ord(c) == 127 for c in v) else
+               "contains { or } (Snakemake wildcards)" if "{" in v or "}" in v else
+               "starts with '-'" if v.startswith("-") else None)
+    if problem:
+        sys.exit(f"deepmir: error: config {key} {v!r}: {problem}")
+
+
 config.update(_typed(dict(config)))
 validate(config, "../schemas/config.schema.yaml")
+_CENSUS = config.get("census") if isinstance(config.get("census"), dict) else {}
+for _key, _value in (("output_dir", config["output_dir"]), ("bids_dir", config.get("bids_dir")),
+                     ("census.model", _CENSUS.get("model"))):
+    if _value or _key == "output_dir":
+        _refuse_unsafe_path(_key, _value)
 
 # jobs call the `deepmir` command of the environment that runs Snakemake (.venv/bin when
 # started as .venv/bin/snakemake), unless --sdm conda gives each rule its env from envs/
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+
+
+def _applied_model_card():
+    """model.json beside `census.model` (a trained model applied without training), checked
+    against its schema before any of it reaches a path or a command; None without one."""
+    if not _CENSUS.get("model") or _CENSUS.get("enabled") is False:
+        return None
+    model = os.path.normpath(str(_CENSUS["model"]))
+    card = os.path.join(os.path.dirname(model), "model.json")
+    for f, what in ((model, "no such file"), (card, "no model.json beside it")):
+        if not os.path.isfile(f):
+            sys.exit(f"deepmir: error: census.model {model}: {what}")
+    try:
+        return _read_model_card(card)
+    except InputError as err:
+        sys.exit(f"deepmir: error: {err}")
+
+
+MODEL_CARD = _applied_model_card()
 
 OUT = str(config["output_dir"]).rstrip("/")
 ANNOTATIONS = config["annotations"]
@@ -58,6 +107,11 @@ def _select(pids):
 
 
 if SYNTHETIC:
+    # the phantom code (and torch) is imported only for the synthetic cohort: a dry run on a
+    # BIDS dataset starts seconds faster
+    from deepmir.synth import write as _synth_write
+    from deepmir.synth.cohort import participant_ids as _synth_ids
+
     SYNTH = _synth_settings(config.get("synth"))
     N_ECHOES = len(SYNTH["gre"]["echo_times"])
     PIDS = _select(_synth_ids(SYNTH["n_participants"]))

@@ -6,6 +6,8 @@
 # {channels: [SWI, QSM, T2], labels: cmb|iron|union|multiclass}. They are read lazily (input
 # functions), so this file works whichever rule file is included first; with no experiment
 # (or learn.enabled false) the report is written with empty tables.
+import shlex
+
 from deepmir.commands.evaluate import aggregate_output_names as _aggregate_output_names
 
 validate(config, "../schemas/evaluate.schema.yaml")
@@ -56,7 +58,7 @@ def _mimic_inputs(pid):
 def _mimic_args(input):
     if "mimics" not in input.keys():
         return ""
-    return f"--mimics {input.mimics} --mimic-table {input.mimic_table}"
+    return f"--mimics {shlex.quote(input.mimics)} --mimic-table {shlex.quote(input.mimic_table)}"
 
 
 def _overlay_pids():
@@ -163,10 +165,10 @@ rule evaluate_participant:
         mem_mb=1000,
         runtime=5,
     shell:
-        "deepmir evaluate --pred {input.pred} --ref {input.ref} --mode {params.mode} "
-        "--participant {wildcards.pid} --experiment {params.modalities:q} "
-        "--run {wildcards.experiment} --tol-cmb {params.tol_cmb} --tol-iron {params.tol_iron} "
-        "--tol-unit {params.unit} {params.mimics} {params.rule} --out {output} > {log} 2>&1"
+        "deepmir evaluate --pred {input.pred:q} --ref {input.ref:q} --mode {params.mode:q} "
+        "--participant {wildcards.pid:q} --experiment {params.modalities:q} "
+        "--run {wildcards.experiment:q} --tol-cmb {params.tol_cmb} --tol-iron {params.tol_iron} "
+        "--tol-unit {params.unit} {params.mimics} {params.rule} --out {output:q} > {log:q} 2>&1"
 
 
 rule evaluate_aggregate:
@@ -188,9 +190,9 @@ rule evaluate_aggregate:
         mem_mb=2000,
         runtime=10,
     shell:
-        "deepmir aggregate --metrics {input} --out-dir {params.out_dir} "
+        "deepmir aggregate --metrics {input:q} --out-dir {params.out_dir:q} "
         "--baseline {params.baseline:q} --outlier-quantile {params.quantile} "
-        "--outlier-scale {params.scale} > {log} 2>&1"
+        "--outlier-scale {params.scale} > {log:q} 2>&1"
 
 
 rule evaluate_overlay:
@@ -202,8 +204,8 @@ rule evaluate_overlay:
         report(f"{REPORT}/overlay_{{pid}}.png", caption="../report/evaluate_overlay.rst",
                category="Figures", subcategory="Examples"),
     params:
-        images=lambda wc, input: " ".join(f"--image {k}={input[k]}" for k in ("SWI", "QSM", "T2")
-                                          if k in input.keys()),
+        images=lambda wc, input: " ".join(f"--image {shlex.quote(f'{k}={input[k]}')}"
+                                          for k in ("SWI", "QSM", "T2") if k in input.keys()),
         mimics=lambda wc, input: _mimic_args(input),
         title=lambda wc: f"{wc.pid}: {_overlay_experiment()}",
         n_slices=EVAL["overlay"]["n_slices"],
@@ -214,9 +216,9 @@ rule evaluate_overlay:
         mem_mb=1500,
         runtime=5,
     shell:
-        "deepmir overlay {params.images} --pred {input.pred} --ref {input.ref} {params.mimics} "
+        "deepmir overlay {params.images} --pred {input.pred:q} --ref {input.ref:q} {params.mimics} "
         "--tolerance {params.tol} --n-slices {params.n_slices} --title {params.title:q} "
-        "--out {output} > {log} 2>&1"
+        "--out {output:q} > {log:q} 2>&1"
 
 
 if _QSM_TABLE:
@@ -241,10 +243,10 @@ if _QSM_TABLE:
             mem_mb=1500,
             runtime=5,
         shell:
-            "deepmir qsm-accuracy --chi {input.chi} --chi-tkd {input.chi_tkd} "
-            "--truth {input.truth} --tissue {input.tissue} --mask {input.mask} "
-            "--lesion-map {input.lesion_map} --lesions {input.lesions} "
-            "--participant {wildcards.pid} --out {output} > {log} 2>&1"
+            "deepmir qsm-accuracy --chi {input.chi:q} --chi-tkd {input.chi_tkd:q} "
+            "--truth {input.truth:q} --tissue {input.tissue:q} --mask {input.mask:q} "
+            "--lesion-map {input.lesion_map:q} --lesions {input.lesions:q} "
+            "--participant {wildcards.pid:q} --out {output:q} > {log:q} 2>&1"
 
     rule evaluate_qsm_table:
         """The QSM accuracy table of the synthetic cohort."""
@@ -257,8 +259,8 @@ if _QSM_TABLE:
         log:
             "logs/evaluate/qsm_table.log",
         shell:
-            "deepmir qsm-table --inputs {input} --out-tsv {output.tsv} --out-md {output.md} "
-            "> {log} 2>&1"
+            "deepmir qsm-table --inputs {input:q} --out-tsv {output.tsv:q} --out-md {output.md:q} "
+            "> {log:q} 2>&1"
 
 
 rule report:
@@ -273,13 +275,13 @@ rule report:
                category="Summary"),
     params:
         report_dir=REPORT,
-        qsm=lambda wc, input: f"--qsm-table {input.qsm}" if input.qsm else "",
+        qsm=lambda wc, input: f"--qsm-table {shlex.quote(input.qsm[0])}" if input.qsm else "",
         tolerances=_TOL_TEXT,
     log:
         "logs/report/summary.log",
     shell:
-        "deepmir summary --report-dir {params.report_dir} {params.qsm} "
-        "--figures {input.overlays} --tolerances {params.tolerances:q} --out {output} > {log} 2>&1"
+        "deepmir summary --report-dir {params.report_dir:q} {params.qsm} "
+        "--figures {input.overlays:q} --tolerances {params.tolerances:q} --out {output:q} > {log:q} 2>&1"
 
 
 REPORT_TARGETS = [f"{REPORT}/summary.md"]

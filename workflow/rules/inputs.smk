@@ -1,6 +1,7 @@
 # The first job of every participant: check its files against the data contract (voxel-level;
 # the header-level checks ran when the workflow was parsed) and write the MEGRE series as
 # 4D magnitude and 4D phase in radians with a JSON description.
+import shlex
 
 
 rule inputs:
@@ -11,6 +12,8 @@ rule inputs:
         phase=out("inputs", "{pid}", "part-phase_MEGRE.nii.gz"),
         json=out("inputs", "{pid}", "MEGRE.json"),
     params:
+        bids_dir=BIDS,
+        annotations=ANNOTATIONS,
         phase_sign=config["phase_sign"],
         phase_unit=config["phase_unit"],
         min_echoes=config["min_echoes"],
@@ -24,10 +27,11 @@ rule inputs:
         mem_mb=lambda wc, attempt: 3000 * attempt,
         runtime=10,
     shell:
-        "deepmir inputs --bids-dir {BIDS} --pid {wildcards.pid} --annotations {ANNOTATIONS} "
+        "deepmir inputs --bids-dir {params.bids_dir:q} --pid {wildcards.pid:q} "
+        "--annotations {params.annotations:q} "
         "--phase-sign {params.phase_sign} --phase-unit {params.phase_unit} "
-        "--min-echoes {params.min_echoes} --mag {output.mag} --phase {output.phase} "
-        "--json {output.json} > {log} 2>&1"
+        "--min-echoes {params.min_echoes} --mag {output.mag:q} --phase {output.phase:q} "
+        "--json {output.json:q} > {log:q} 2>&1"
 
 
 rule montage:
@@ -40,17 +44,18 @@ rule montage:
         report(f"{OUT}/report/inputs/{{pid}}_montage.png", caption="../report/montage.rst",
                category="Inputs", subcategory="{pid}"),
     params:
-        t2w=lambda wc: anat_path(wc.pid, "T2w") or "",
-        labels=lambda wc: annotation_path(wc.pid) or "",
-        xfm=lambda wc: truth_path(wc.pid, "from-T2w_to-MEGRE_xfm.txt") if SYNTHETIC else "",
+        # only the optional files the participant has (an empty argument would swallow the
+        # next option)
+        optional=lambda wc: " ".join(f"--{k} {shlex.quote(v)}" for k, v in (
+            ("t2w", anat_path(wc.pid, "T2w")), ("labels", annotation_path(wc.pid)),
+            ("xfm", truth_path(wc.pid, "from-T2w_to-MEGRE_xfm.txt") if SYNTHETIC else None)) if v),
     conda:
         "../../envs/base.yaml"
     log:
         log_path("montage", "{pid}"),
     shell:
-        "deepmir montage --mag {input.mag} --phase {input.phase} --info {input.info} "
-        "--t2w {params.t2w:q} --labels {params.labels:q} --xfm {params.xfm:q} "
-        "--output {output} > {log} 2>&1"
+        "deepmir montage --mag {input.mag:q} --phase {input.phase:q} --info {input.info:q} "
+        "{params.optional} --output {output:q} > {log:q} 2>&1"
 
 
 ALL_TARGETS += expand(rules.montage.output[0], pid=PIDS)

@@ -1,6 +1,8 @@
 # QSM and SWI from the multi-echo GRE (method.md §3–4): thin rules around `deepmir qsm-run`
 # and `deepmir swi`; numerics in deepmir.qsm and deepmir.swi (torch, GPU when configured).
 
+import shlex
+
 validate(config, "../schemas/qsm.schema.yaml")
 
 QSM = config["qsm"]
@@ -17,7 +19,7 @@ def _qsm_options():
             f"--pdf-max-iter {q['pdf_max_iter']}",
             f"--vsharp-max-radius-mm {q['vsharp_max_radius_mm']}",
             f"--tkd-threshold {q['tkd_threshold']}", f"--medi-max-iter {q['medi_max_iter']}",
-            f"--medi-cg-max-iter {q['medi_cg_max_iter']}", f"--device {q['device']}",
+            f"--medi-cg-max-iter {q['medi_cg_max_iter']}", f"--device {shlex.quote(q['device'])}",
             f"--threads {q['threads']}", f"--mask-erode-mm {q['mask_erode_mm']}",
             "--residual-weighting" if q["residual_weighting"] else "--no-residual-weighting"]
     opts.append("--merit" if q["merit"] else "--no-merit")
@@ -53,10 +55,10 @@ rule qsm:
         runtime=QSM["runtime"],
         **({"gpu": 1} if QSM["gpu"] else {}),
     shell:
-        "deepmir qsm-run --mag {input.mag} --phase {input.phase} --json {input.json} "
-        "--mask {input.mask} --chi {output.chi} --r2s {output.r2s} --field {output.field} "
-        "--chi-tkd {output.chi_tkd} "
-        "--qc {output.qc} {params.options} > {log} 2>&1"
+        "deepmir qsm-run --mag {input.mag:q} --phase {input.phase:q} --json {input.json:q} "
+        "--mask {input.mask:q} --chi {output.chi:q} --r2s {output.r2s:q} --field {output.field:q} "
+        "--chi-tkd {output.chi_tkd:q} "
+        "--qc {output.qc:q} {params.options} > {log:q} 2>&1"
 
 
 rule swi:
@@ -84,10 +86,10 @@ rule swi:
         mem_mb=lambda wc, attempt: SWI["mem_mb"] * attempt,
         runtime=10,
     shell:
-        "deepmir swi --mag {input.mag} --phase {input.phase} --json {input.json} "
-        "--output {output.swi} --minip {output.minip} --qc {output.qc} "
+        "deepmir swi --mag {input.mag:q} --phase {input.phase:q} --json {input.json:q} "
+        "--output {output.swi:q} --minip {output.minip:q} --qc {output.qc:q} "
         "--window {params.window} --power {params.power} --minip-slices {params.minip} "
-        "--device cpu > {log} 2>&1"
+        "--device cpu > {log:q} 2>&1"
 
 
 ALL_TARGETS += expand(rules.qsm.output.chi, pid=PIDS) + expand(rules.swi.output.swi, pid=PIDS)

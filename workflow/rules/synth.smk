@@ -13,7 +13,7 @@ rule atlas:
     log:
         "logs/atlas.log",
     shell:
-        "deepmir atlas --out {output} > {log} 2>&1"
+        "deepmir atlas --out {output:q} > {log:q} 2>&1"
 
 
 # The synthetic cohort, generated when no bids_dir is configured.
@@ -23,24 +23,30 @@ if SYNTHETIC:
         """Dataset descriptions (raw and derivatives), the same for any settings."""
         output:
             f"{BIDS}/dataset_description.json",
+        params:
+            bids_dir=BIDS,
+            annotations=ANNOTATIONS,
         conda:
             "../../envs/base.yaml"
         log:
             "logs/synth/dataset.log",
         shell:
-            "deepmir synth {BIDS} --dataset-files --annotations {ANNOTATIONS} > {log} 2>&1"
+            "deepmir synth {params.bids_dir:q} --dataset-files --annotations {params.annotations:q} "
+            "> {log:q} 2>&1"
 
     rule synth_participants_tsv:
         output:
             f"{BIDS}/participants.tsv",
         params:
+            bids_dir=BIDS,
             cfg=json.dumps(config.get("synth") or {}),
         conda:
             "../../envs/base.yaml"
         log:
             "logs/synth/participants.log",
         shell:
-            "deepmir synth {BIDS} --config-json {params.cfg:q} --participants-tsv > {log} 2>&1"
+            "deepmir synth {params.bids_dir:q} --config-json {params.cfg:q} --participants-tsv "
+            "> {log:q} 2>&1"
 
     ALL_TARGETS += rules.synth_participants_tsv.output
 
@@ -55,6 +61,8 @@ if SYNTHETIC:
             cfg=json.dumps({k: v for k, v in (config.get("synth") or {}).items() if k != "n_participants"}),
             # the phantom code's version: a cohort made by older code is made again
             code=_synth_code_digest(),
+            bids_dir=BIDS,
+            annotations=ANNOTATIONS,
         conda:
             "../../envs/base.yaml"
         log:
@@ -65,5 +73,6 @@ if SYNTHETIC:
             mem_mb=lambda wc, attempt: 6000 * attempt,
             runtime=20,
         shell:
-            "deepmir synth {BIDS} --config-json {params.cfg:q} --participant {wildcards.pid} "
-            "--annotations {ANNOTATIONS} --head-model-cache {input} > {log} 2>&1"
+            "deepmir synth {params.bids_dir:q} --config-json {params.cfg:q} "
+            "--participant {wildcards.pid:q} --annotations {params.annotations:q} "
+            "--head-model-cache {input:q} > {log:q} 2>&1"

@@ -90,12 +90,7 @@ def read_xfm(path) -> np.ndarray:
 
 def write_xfm(path, m) -> Path:
     """A 4×4 RAS-mm matrix as text (the synthetic truth's format), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp-" + path.name)
-    tmp.write_text("\n".join(" ".join(f"{v:.9g}" for v in row) for row in np.asarray(m)) + "\n")
-    os.replace(tmp, path)
-    return path
+    return niio.write_text(path, "\n".join(" ".join(f"{v:.9g}" for v in row) for row in np.asarray(m)) + "\n")
 
 
 def _positive_int(text):
@@ -139,9 +134,10 @@ def run_n4(args) -> int:
           f"{args.crop_mm} mm; bias "
           f"range {np.percentile(bias[image > 0], [1, 99]).round(3).tolist()} "
           f"({time.time() - t0:.1f} s)")
-    niio.save(args.output, corrected, affine, dtype=np.float32)
-    if args.bias:
-        niio.save(args.bias, bias, affine, dtype=np.float32)
+    with niio.together():
+        niio.save(args.output, corrected, affine, dtype=np.float32)
+        if args.bias:
+            niio.save(args.bias, bias, affine, dtype=np.float32)
     return 0
 
 
@@ -162,11 +158,12 @@ def run_register(args) -> int:
     print(f"register {args.moving} -> {args.mag} (fixed: {args.fixed} echo reference, metric "
           f"{args.metric}): rotation {rot:.2f} deg, translation "
           f"{np.round(M[:3, 3], 2).tolist()} mm ({time.time() - t0:.1f} s)")
-    write_xfm(args.xfm, M)
-    niio.save(args.output, moved, g_aff, dtype=np.float32)
-    if args.qc:
-        anat.qc_registration_png(fixed, moved, args.qc, affine=g_aff,
-                                 title=args.title or f"{Path(args.moving).name} on MEGRE")
+    with niio.together():
+        write_xfm(args.xfm, M)
+        niio.save(args.output, moved, g_aff, dtype=np.float32)
+        if args.qc:
+            anat.qc_registration_png(fixed, moved, args.qc, affine=g_aff,
+                                     title=args.title or f"{Path(args.moving).name} on MEGRE")
     return 0
 
 
@@ -208,10 +205,11 @@ def run_brainmask(args) -> int:
     info.update(n_voxels=int(mask.sum()), volume_ml=round(vol, 2))
     print(f"brainmask {args.mag}: method {method}, {int(mask.sum())} voxels, {vol:.0f} ml "
           f"({time.time() - t0:.1f} s)")
-    niio.save(args.output, mask, g_aff, dtype=np.uint8)
-    niio.write_json(args.json, info)
-    if args.qc:
-        anat.qc_mask_png(ref, mask, args.qc, affine=g_aff, title=args.title or method)
+    with niio.together():
+        niio.save(args.output, mask, g_aff, dtype=np.uint8)
+        niio.write_json(args.json, info)
+        if args.qc:
+            anat.qc_mask_png(ref, mask, args.qc, affine=g_aff, title=args.title or method)
     return 0
 
 

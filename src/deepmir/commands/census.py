@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from deepmir import niio
-from deepmir.commands.qsm import _load as _load_image, _read_json  # missing/unreadable → one-line InputError
+from deepmir.commands.qsm import _load as _load_image  # missing/unreadable → one-line InputError
 from deepmir.errors import InputError
 
 
@@ -112,7 +112,7 @@ def run_census(args) -> int:
     elif args.mni_xfm:
         m = _matrix(args.mni_xfm)
     elif args.mask_json:
-        info = _read_json(args.mask_json, "brain-mask JSON")
+        info = niio.read_json(args.mask_json, "brain-mask JSON")
         if "TemplateToMEGRE" in info:
             m = np.linalg.inv(np.asarray(info["TemplateToMEGRE"], float))
     if m is not None:
@@ -128,10 +128,7 @@ def run_census(args) -> int:
         image = swi if swi is not None else (chi if chi is not None else labels)
         fig = montage.census_figure(image, labels, table, int(np.argmax(np.abs(b0_direction(aff)))),
                                     f"{Path(args.labels).name.split('_space')[0]}: {len(table)} lesions")
-        out = Path(args.qc)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out.with_name(".tmp-" + out.name), format="png")
-        out.with_name(".tmp-" + out.name).replace(out)
+        niio.write_png(args.qc, fig)
     return 0
 
 
@@ -142,7 +139,7 @@ def run_mni_warp(args) -> int:
     t1, t1_aff = _load_image(args.t1w, "T1w")
     if t1.ndim != 3:
         raise InputError(args.t1w, f"expected a 3D T1w, found shape {t1.shape}")
-    info = _read_json(args.mask_json, "brain-mask JSON")
+    info = niio.read_json(args.mask_json, "brain-mask JSON")
     if "TemplateToT1w" not in info:
         raise InputError(args.mask_json, "no TemplateToT1w (the mask was not made from a T1w)")
     xfm = _matrix(args.xfm)
@@ -191,18 +188,12 @@ def run_table(args) -> int:
                      f"{table[f'{cls}_deep'].sum()} | {table[f'{cls}_infratentorial'].sum()} |")
     lines += ["", f"Probable calcifications (diamagnetic lesions labelled CMB): "
                   f"{table.probable_calcifications.sum()}", ""]
-    out = Path(args.summary)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
+    niio.write_text(args.summary, "\n".join(lines))
     return 0
 
 
 def _write_tsv(df, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp-" + path.name)
-    df.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-    tmp.replace(path)
+    niio.write_tsv(path, df)
 
 
 def _bench_register(sub):
@@ -223,7 +214,5 @@ def run_bench_table(args) -> int:
              "MB); a job run again overwrites its file.", ""]
     for name, df in benchtable.summaries(jobs).items():
         parts += [to_markdown(df.round(1), f"per {name}").strip(), ""]
-    out = Path(args.markdown)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(parts))
+    niio.write_text(args.markdown, "\n".join(parts))
     return 0

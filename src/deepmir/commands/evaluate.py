@@ -7,7 +7,6 @@ All inputs are read and checked before anything is computed or written; a bad in
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
@@ -211,14 +210,7 @@ def _read_mimic_table(path: Path) -> pd.DataFrame:
 
 
 def _write_text(path: Path, text: str | bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp-" + path.name)
-    if isinstance(text, bytes):
-        tmp.write_bytes(text)
-    else:
-        tmp.write_text(text)
-    os.replace(tmp, path)
+    niio.write_text(path, text)
 
 
 MIMIC_COLUMNS = [f"mimic_{m}_{what}" for m in MIMIC_CLASSES

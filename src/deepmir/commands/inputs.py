@@ -70,9 +70,10 @@ def run_inputs(args) -> int:
     info.update(participant=rec.pid, T1w=_str(rec.t1w), T2w=_str(rec.t2w),
                 Annotation=_str(rec.annotation), Magnitude=[str(p) for p in rec.mag],
                 Phase=[str(p) for p in rec.phase])
-    niio.save(args.mag, mag, affine)
-    niio.save(args.phase, rad, affine)
-    niio.write_json(args.json, info)
+    with niio.together():
+        niio.save(args.mag, mag, affine)
+        niio.save(args.phase, rad, affine)
+        niio.write_json(args.json, info)
     return 0
 
 

@@ -1,8 +1,6 @@
 """``deepmir montage``: a PNG through a lesion of one participant's inputs (QC)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from deepmir import niio
@@ -40,9 +38,5 @@ def run(args) -> int:
                        None, "gray"))
     fig = montage.montage_figure(panels, labels, axis, index,
                                  f"{info.get('participant', '')} — slice {index} of axis {axis}")
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(".tmp-" + out.name)
-    fig.savefig(tmp, format="png")
-    tmp.replace(out)
+    niio.write_png(args.output, fig)
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deepmir import niio
 from deepmir.errors import InputError
 
 FIELD_UNITS = ("ppm", "hz", "rad")
@@ -15,11 +16,7 @@ FIELD_UNITS = ("ppm", "hz", "rad")
 
 # ------------------------------------------------------------------------- input helpers
 def _load(path, what):
-    from deepmir import niio
-
-    p = Path(path)
-    if not p.exists():
-        raise InputError(path, f"{what} not found")
+    p = niio.regular_file(path, what)
     try:
         data, aff = niio.load(p)
     except Exception as err:  # nibabel raises many kinds
@@ -27,7 +24,27 @@ def _load(path, what):
                                f"{str(err).splitlines()[0] if str(err) else ''})")
     if not np.all(np.isfinite(aff)):
         raise InputError(path, f"{what} has a non-finite affine")
+    if abs(np.linalg.det(aff[:3, :3])) < 1e-9:
+        raise InputError(path, f"{what} has a singular affine (zero voxel size or no orientation)")
     return data, aff
+
+
+def _check_options(outputs=(), positive=(), nonnegative=()):
+    """Refuse, before any work, an output that is not NIfTI and numbers out of range (each
+    given as (option, value); None: not given)."""
+    for option, path in outputs:
+        if path and not str(path).endswith(niio.NIFTI_EXTENSIONS):
+            raise InputError(path, f"{option} must end in .nii or .nii.gz")
+    for options, need, ok in ((positive, "positive", lambda v: v > 0),
+                              (nonnegative, "0 or more", lambda v: v >= 0)):
+        for option, v in options:
+            if v is not None and not (np.isfinite(v) and ok(v)):
+                raise InputError(option, f"must be finite and {need}, got {v}")
+
+
+def _given(args, *names):
+    """(--option, value) of argparse destinations."""
+    return tuple((f"--{k.replace('_', '-')}", getattr(args, k)) for k in names)
 
 
 def _need_ndim(arr, path, what, ndims):
@@ -57,11 +74,10 @@ def _load_mask(path, ref_shape, ref_aff):
 def _write_all(outputs):
     """Write every (path, array, affine) only after all were computed (nothing is written
     when any step fails)."""
-    from deepmir import niio
-
-    for path, arr, aff in outputs:
-        if path:
-            niio.save(path, arr, aff)
+    with niio.together():
+        for path, arr, aff in outputs:
+            if path:
+                niio.save(path, arr, aff)
 
 
 # ------------------------------------------------------------------------- qsm (external)
@@ -74,10 +90,8 @@ def run_qsm(args) -> int:
     from deepmir.qsm.pipeline import hz_per_ppm
 
     torch.set_num_threads(max(int(args.threads), 1))
-    if not args.b0 > 0:
-        raise InputError("--b0", f"field strength must be positive, got {args.b0}")
-    if not args.te > 0:
-        raise InputError("--te", f"echo time must be positive seconds, got {args.te}")
+    _check_options(outputs=_given(args, "output"), nonnegative=_given(args, "smv_radius"),
+                   positive=_given(args, "b0", "te", "tkd_threshold") + (("--lambda", args.lam),))
     if args.te > 1:
         raise InputError("--te", f"echo time is in seconds, got {args.te} (ms?)")
     field, aff = _load(args.field, "field")
@@ -121,21 +135,8 @@ def run_qsm(args) -> int:
 
 
 # ------------------------------------------------------------------------- qsm-run
-def _read_json(path, what):
-    """A JSON file's content; missing or unreadable → one-line InputError."""
-    from deepmir import niio
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(path, f"{what} not found")
-    try:
-        return niio.read_json(p)
-    except Exception as err:
-        raise InputError(path, f"{what} is not valid JSON ({type(err).__name__}: {err})") from None
-
-
 def _read_meta(path):
-    meta = _read_json(path, "sidecar JSON")
+    meta = niio.read_json(path, "sidecar JSON")
     for key in ("EchoTime", "MagneticFieldStrength"):
         if key not in meta:
             raise InputError(path, f"missing {key}")
@@ -188,9 +189,6 @@ def _qc_png(path, panels, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from deepmir import niio  # noqa: F401  (folder creation below)
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(len(panels), 3, figsize=(9, 3 * len(panels)), squeeze=False)
     for row, (name, arr, vmin, vmax, cmap) in enumerate(panels):
         c = [s // 2 for s in arr.shape]
@@ -203,10 +201,10 @@ def _qc_png(path, panels, title):
         fig.colorbar(im, ax=axes[row, 2], fraction=0.046)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = Path(path).with_name(".tmp-" + Path(path).name)
-    fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        niio.write_png(path, fig, dpi=80)
+    finally:
+        plt.close(fig)
 
 
 def run_qsm_run(args) -> int:
@@ -216,6 +214,10 @@ def run_qsm_run(args) -> int:
     from deepmir.qsm.pipeline import DEFAULTS, reconstruct
 
     torch.set_num_threads(max(int(args.threads), 1))
+    _check_options(outputs=_given(args, "chi", "r2s", "field", "chi_tkd", "total_field"),
+                   positive=_given(args, "lambda", "tkd_threshold", "pdf_tol", "vsharp_max_radius_mm",
+                                   "smv_radius_mm"),
+                   nonnegative=_given(args, "lambda_csf", "csf_r2s_threshold", "mask_erode_mm"))
     te, b0, sign, meta_dir = _read_meta(args.json)
     mag, phase, aff = _load_echoes(args, te.size)
     if te.size < 2:
@@ -234,16 +236,17 @@ def run_qsm_run(args) -> int:
             (args.field, res["local_field"], aff), (args.chi_tkd, res["chi_tkd"], aff)]
     if args.total_field:
         outs.append((args.total_field, res["total_field"], aff))
-    _write_all(outs)
-    if args.qc:
-        chi = res["chi"]
-        r = np.percentile(np.abs(chi[res["mask"]]), 99) if res["mask"].any() else 0.2
-        f = res["local_field"]
-        fr = np.percentile(np.abs(f[res["mask"]]), 99) if res["mask"].any() else 0.05
-        _qc_png(args.qc, [("χ (ppm)", chi, -r, r, "gray"),
-                          ("local field (ppm)", f, -fr, fr, "gray"),
-                          ("R2* (1/s)", res["r2s"], 0, 80, "magma")],
-                f"QSM {Path(args.chi).name}")
+    with niio.together():
+        _write_all(outs)
+        if args.qc:
+            chi = res["chi"]
+            r = np.percentile(np.abs(chi[res["mask"]]), 99) if res["mask"].any() else 0.2
+            f = res["local_field"]
+            fr = np.percentile(np.abs(f[res["mask"]]), 99) if res["mask"].any() else 0.05
+            _qc_png(args.qc, [("χ (ppm)", chi, -r, r, "gray"),
+                              ("local field (ppm)", f, -fr, fr, "gray"),
+                              ("R2* (1/s)", res["r2s"], 0, 80, "magma")],
+                    f"QSM {Path(args.chi).name}")
     return 0
 
 
@@ -254,6 +257,7 @@ def run_swi(args) -> int:
     from deepmir.swi import minip, swi
 
     torch.set_num_threads(max(int(args.threads), 1))
+    _check_options(outputs=_given(args, "output", "minip"))
     te, b0, sign, meta_dir = _read_meta(args.json)
     mag, phase, aff = _load_echoes(args, te.size)
     k = int(np.argmin(te))
@@ -267,12 +271,13 @@ def run_swi(args) -> int:
         m = _load_mask(args.mask, mag.shape, aff)
         out = out * m
     mip = minip(out, b0dir, args.minip_slices)
-    _write_all([(args.output, out, aff), (args.minip, mip, aff)])
-    if args.qc:
-        hi = np.percentile(out, 99.5)
-        _qc_png(args.qc, [("magnitude (echo 1)", mag[..., k], 0, hi, "gray"),
-                          ("SWI", out, 0, hi, "gray"), ("minIP", mip, 0, hi, "gray")],
-                f"SWI {Path(args.output).name}")
+    with niio.together():
+        _write_all([(args.output, out, aff), (args.minip, mip, aff)])
+        if args.qc:
+            hi = np.percentile(out, 99.5)
+            _qc_png(args.qc, [("magnitude (echo 1)", mag[..., k], 0, hi, "gray"),
+                              ("SWI", out, 0, hi, "gray"), ("minIP", mip, 0, hi, "gray")],
+                    f"SWI {Path(args.output).name}")
     return 0
 
 
