@@ -15,8 +15,7 @@ SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 
 @pytest.mark.parametrize("census", [
     "census: {enabled: false}\n",
-    pytest.param("", marks=pytest.mark.xfail(strict=True, reason="census.smk (learner's branch) plans apply "
-                                                                 "with a final model no rule makes")),
+    "",
 ], ids=["census-off", "default"])
 @pytest.mark.parametrize("n_annotated", [0, 1])
 def test_fewer_than_two_annotated_participants_still_run(tmp_path, n_annotated, census):

@@ -73,8 +73,7 @@ def run_printed_commands(workdir: Path, text: str, skip=()) -> list[list[str]]:
 
 @pytest.mark.parametrize("skip", [
     LEARNER_COMMANDS,
-    pytest.param((), marks=pytest.mark.xfail(strict=True, reason="learn.smk / census.smk placeholders are "
-                                                                "quoted on the learner's branch")),
+    (),
 ], ids=["inputs-anat-qsm-swi-evaluate", "every-rule"])
 def test_config_paths_with_shell_metacharacters_reach_every_job_quoted(tmp_path, skip):
     bids = make_minimal_bids(tmp_path / "b x;touch pwned;$(touch pwned)`touch pwned`",

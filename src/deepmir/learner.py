@@ -34,13 +34,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from deepmir import niio
 from deepmir import postprocess as pp
 from deepmir.dataset import label_mode as map_labels
 from deepmir.dataset import n_classes_for
 from deepmir.device import pick_device
 from deepmir.patches import PatchSampler, SamplerConfig, false_positive_centres
 from deepmir.predict import predict_brain_probs, predict_probs
-from deepmir.train import _cpu_state, _digest, _save, _write_text, amp_settings, build_model, set_prior_bias
+from deepmir.train import _cpu_state, _digest, _save, amp_settings, build_model, set_prior_bias
 
 CHECKPOINT_FORMAT = 1
 PRIOR_FLOOR = 0.01   # the head starts every lesion class at ≥ 1 % (see train.set_prior_bias)
@@ -184,15 +185,13 @@ def write_log(path, history):
     lines = ["\t".join(LOG_COLUMNS)]
     for r in history:
         lines.append("\t".join(str(r["iteration"]) if k == "iteration" else f"{r[k]:.6g}" for k in LOG_COLUMNS))
-    _write_text(Path(path), "\n".join(lines) + "\n")
+    niio.write_text(path, "\n".join(lines) + "\n")
 
 
 def plot_curve(path, history, best_iteration: int, title: str | None = None):
     """Learning curve PNG: training loss (left axis) and validation lesion-wise F1 (right)."""
     from matplotlib.figure import Figure
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(6, 4), dpi=100)
     ax = fig.add_subplot()
     ax.plot([r["iteration"] for r in history], [r["loss"] for r in history], "k-", lw=1, label="training loss")
@@ -211,9 +210,7 @@ def plot_curve(path, history, best_iteration: int, title: str | None = None):
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, loc="center right", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(".tmp-" + path.name)
-    fig.savefig(tmp, format="png")
-    tmp.replace(path)
+    niio.write_png(path, fig)
 
 
 def _op_json(op: dict) -> dict:
@@ -284,7 +281,6 @@ def train_patches(train_vols: list[dict], val_vols: list[dict], mode: str, cfg: 
             return
         _save({"config": model.config, "state_dict": state["best_model"], "iteration": state["best_iteration"],
                "info": {**info, "operating_point": state["best_op"]}}, out / "best.pt")
-        from deepmir import niio
         niio.write_json(out / "selection.json", {
             "best_iteration": state["best_iteration"], "mean_f1": state["best_score"],
             "operating_point": _op_json(state["best_op"]), "tolerances": tolerances, "unit": unit,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from deepmir import niio
 from deepmir.augment import AugmentConfig, Plan, make_plan, render
 from deepmir.dataset import slices_with_label
 from deepmir.unet import UNet
@@ -138,23 +138,16 @@ def _as_tensor(a, dtype) -> torch.Tensor:
 
 
 def _save(obj, path: Path):
-    tmp = path.with_name(".tmp-" + path.name)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp-" + path.name)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """torch.save through the atomic writer (a killed job leaves the previous file whole)."""
+    with niio.atomic(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def write_log(path, history):
     lines = ["\t".join(LOG_COLUMNS)]
     for r in history:
         lines.append("\t".join(str(r["epoch"]) if k == "epoch" else f"{r[k]:.6g}" for k in LOG_COLUMNS))
-    _write_text(Path(path), "\n".join(lines) + "\n")
+    niio.write_text(path, "\n".join(lines) + "\n")
 
 
 def plot_curve(path, history, title: str | None = None):
@@ -162,8 +155,6 @@ def plot_curve(path, history, title: str | None = None):
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ep = [r["epoch"] for r in history]
     fig = Figure(figsize=(6, 4), dpi=100)
     ax = fig.add_subplot()
@@ -184,9 +175,7 @@ def plot_curve(path, history, title: str | None = None):
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, loc="center right", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(".tmp-" + path.name)
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    niio.write_png(path, fig)
 
 
 def _rng_state() -> dict:

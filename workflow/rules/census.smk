@@ -95,7 +95,9 @@ if _FINAL_TRAINABLE:
             _niio.write_json(output[0], card)
 
 
-if CENSUS_EXP:
+# a model to apply: census.model, or a final model trained here (≥ 2 annotated participants);
+# with neither, the census is left out and every participant still gets its other stages
+if CENSUS_EXP and (_FINAL_TRAINABLE or CENSUS["model"]):
 
     rule apply:
         """The final model on one participant (annotated or not): labels and probabilities."""

@@ -21,35 +21,11 @@ if LEARN["slice_size"] % 2 ** (LEARN["model"]["depth"] - 1):
     sys.exit(f"deepmir: error: config learn.slice_size {LEARN['slice_size']} is not divisible by "
              f"2^(learn.model.depth - 1) = {2 ** (LEARN['model']['depth'] - 1)}")
 _CHANNEL_ORDER = ("SWI", "QSM", "T2")
-_CARD_KEYS = ("experiment", "channels", "labels", "slice_size", "qsm_clip_sigma")
-
-
-def _applied_model_card():
-    """model.json of `census.model` (a trained model applied without training), or None."""
-    census = config["census"]
-    if not (census["enabled"] and census["model"]):
-        return None
-    model = Path(census["model"])
-    card = model.with_name("model.json")
-    for f, what in ((model, "no such file"), (card, "no model.json beside it")):
-        if not f.is_file():
-            sys.exit(f"deepmir: error: census.model {model}: {what}")
-    try:
-        c = _niio.read_json(card)
-    except ValueError as err:
-        sys.exit(f"deepmir: error: {card}: not valid JSON ({err})")
-    missing = [k for k in _CARD_KEYS if k not in c]
-    if missing or not set(c.get("channels", [])) <= set(_CHANNEL_ORDER):
-        sys.exit(f"deepmir: error: {card}: not a deepmir model card "
-                 f"({'lacks ' + ', '.join(missing) if missing else 'unknown channels ' + str(c['channels'])})")
-    return c
-
-
 # An applied model's card sets what the stacks hold: its channels and its QSM clipping (the
 # normalisation it was trained with); slices are padded to the larger of its slice size and
 # learn.slice_size (the network is fully convolutional; `deepmir stack` refuses a size that
 # would cut the brain, so a dataset with a larger matrix needs learn.slice_size raised).
-APPLIED_CARD = _applied_model_card()
+APPLIED_CARD = MODEL_CARD   # read and checked against its schema in common.smk
 STACK_SETTINGS = {"slice_size": max(LEARN["slice_size"], int(APPLIED_CARD["slice_size"]) if APPLIED_CARD else 0),
                   "qsm_clip_sigma": (APPLIED_CARD or LEARN)["qsm_clip_sigma"]}
 

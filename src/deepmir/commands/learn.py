@@ -48,17 +48,13 @@ def _load_nifti(path, dtype=np.float32):
 
 def save_stack(path, x, y, meta, affine, mask):
     """Write a stack as an uncompressed .npz (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"x": x, "meta": np.array(json.dumps(meta)), "affine": np.asarray(affine, dtype=np.float64),
               "mask": np.asarray(mask, dtype=np.uint8)}
     if y is not None:
         arrays["y"] = y
-    tmp = path.with_name(".tmp-" + path.name)
-    with open(tmp, "wb") as fh:
+    with niio.atomic(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def load_stack(path, need_labels: bool = False) -> dict:
@@ -470,9 +466,7 @@ def cmd_lesion_counts(args) -> int:
     text = "\n".join(lines) + "\n"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(".tmp-" + out.name)
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    niio.write_text(out, text)
     print(text, end="")
     return 0
 
