@@ -14,6 +14,7 @@ from deepmir.folds import loo_folds as _loo_folds
 
 validate(config, "../schemas/learn.schema.yaml")
 validate(config, "../schemas/census.schema.yaml")
+validate(config, "../schemas/evaluate.schema.yaml")   # the matching rule the patch learner selects with
 
 LEARN = config["learn"]
 LEARN_EXPERIMENTS = LEARN["experiments"] if LEARN["enabled"] else {}
