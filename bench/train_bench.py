@@ -168,10 +168,10 @@ def paper_throughput(dev, amp, steps, warmup, batch=None) -> dict:
 
 def time_to_f1(train_paths, val_paths, dev, budget_s, val_every, target=0.8) -> list[dict]:
     """Both networks trained by the patch learner's loop until validation F1 ≥ target."""
-    from deepmir.commands.learn import _volumes
+    from deepmir.commands.learn import _labelled_stacks, _volumes
 
-    tv, ref = _volumes(train_paths, None)
-    vv, _ = _volumes(val_paths, list(ref[0]))
+    tr, ref = _labelled_stacks(train_paths, None)
+    tv, vv = _volumes(tr), _volumes(_labelled_stacks(val_paths, list(ref[0]))[0])
     rows = []
     for name, over in (("default (patch)", {}),
                        ("paper network", {"depth": PAPER["depth"], "base_width": PAPER["width"]})):

@@ -224,3 +224,15 @@ def test_patch_learner_sigkill_then_resume_matches_uninterrupted(tmp_path):
     # the log's losses are the same too (only the seconds column differs)
     cols = lambda p: [r.split("\t")[:4] for r in (p / "log.tsv").read_text().splitlines()]  # noqa: E731
     assert cols(tmp_path / "full") == cols(killed)
+
+
+def test_stack_auto_size_fits_each_participant(tmp_path):
+    p = participant(tmp_path, "sub-a", 0)
+    for multiple, size in ((32, 32), (8, 32), (24, 48)):
+        out = tmp_path / f"auto{multiple}.npz"
+        assert run("stack", "--channel", f"SWI={p['swi']}", "--mask", p["mask"], "--out", out,
+                   "--pad-multiple", multiple) == 0
+        with np.load(out) as f:
+            assert f["x"].shape[-2:] == (size, size)
+    assert run("stack", "--channel", f"SWI={p['swi']}", "--mask", p["mask"], "--out", tmp_path / "x.npz",
+               "--pad-to", "big") == 2

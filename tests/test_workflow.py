@@ -112,8 +112,14 @@ def test_a_trained_model_applies_with_learning_off_and_its_own_stack_settings(tm
         assert {p for r, p in jobs if r == rule} == {"sub-01", "sub-02", "sub-03"}, (rule, jobs)
     assert not {r for r, _ in jobs} & {"learn_train", "final_train", "final_split"}
     stacks = [ln for ln in out.splitlines() if "deepmir stack " in ln]
-    assert len(stacks) == 3 and all("--pad-to 256 --qsm-clip-sigma 4.0" in ln and "--channel QSM=" in ln
-                                    for ln in stacks), stacks
+    # slices fitted per participant (learn.slice_size null), the model's QSM clipping
+    assert len(stacks) == 3 and all("--pad-to auto " in ln and "--qsm-clip-sigma 4.0" in ln and "--channel QSM="
+                                    in ln for ln in stacks), stacks
+    # a fixed learn.slice_size: the larger of it and the model's
+    (tmp_path / "config.yaml").write_text(f"bids_dir: {bids}\noutput_dir: results\nlearn: {{enabled: false, "
+                                          f"slice_size: 192}}\ncensus: {{model: {model}}}\n")
+    stacks = [ln for ln in smk(tmp_path, "-n", "-p").splitlines() if "deepmir stack " in ln]
+    assert len(stacks) == 3 and all("--pad-to 256 " in ln for ln in stacks), stacks
 
 
 def test_a_trained_model_whose_normalisation_differs_from_the_folds_is_refused(tmp_path):

@@ -18,16 +18,18 @@ validate(config, "../schemas/evaluate.schema.yaml")   # the matching rule the pa
 
 LEARN = config["learn"]
 LEARN_EXPERIMENTS = LEARN["experiments"] if LEARN["enabled"] else {}
-if LEARN["slice_size"] % 2 ** (LEARN["model"]["depth"] - 1):
+if LEARN["slice_size"] is not None and LEARN["slice_size"] % 2 ** (LEARN["model"]["depth"] - 1):
     sys.exit(f"deepmir: error: config learn.slice_size {LEARN['slice_size']} is not divisible by "
              f"2^(learn.model.depth - 1) = {2 ** (LEARN['model']['depth'] - 1)}")
 _CHANNEL_ORDER = ("SWI", "QSM", "T2")
 # An applied model's card sets what the stacks hold: its channels and its QSM clipping (the
-# normalisation it was trained with); slices are padded to the larger of its slice size and
-# learn.slice_size (the network is fully convolutional; `deepmir stack` refuses a size that
-# would cut the brain, so a dataset with a larger matrix needs learn.slice_size raised).
+# normalisation it was trained with). Slices are padded to learn.slice_size, or the larger of
+# it and the card's (the network is fully convolutional; `deepmir stack` refuses a size that
+# would cut the brain); with either of them null, each participant's own matrix is fitted.
 APPLIED_CARD = MODEL_CARD   # read and checked against its schema in common.smk
-STACK_SETTINGS = {"slice_size": max(LEARN["slice_size"], int(APPLIED_CARD["slice_size"]) if APPLIED_CARD else 0),
+_SIZES = [LEARN["slice_size"]] + ([APPLIED_CARD["slice_size"]] if APPLIED_CARD else [])
+STACK_SETTINGS = {"slice_size": "auto" if None in _SIZES else max(int(v) for v in _SIZES),
+                  "multiple": max(32, 2 ** (LEARN["model"]["depth"] - 1)),
                   "qsm_clip_sigma": (APPLIED_CARD or LEARN)["qsm_clip_sigma"]}
 
 
@@ -117,7 +119,8 @@ if LEARN_EXPERIMENTS or APPLIED_CARD:
 
     rule stack:
         """A participant's training/prediction stack: each channel z-scored in the brain (QSM
-        clipped to ±k·σ first), axial slices padded to slice_size², labels when annotated."""
+        clipped to ±k·σ first), axial slices padded to slice_size² (or the participant's own
+        matrix rounded up), labels when annotated."""
         input:
             unpack(lambda wc: {
                 **{c: _channel_path(wc.pid, c) for c in _stack_channels(wc.pid)},
@@ -131,6 +134,7 @@ if LEARN_EXPERIMENTS or APPLIED_CARD:
                                                 for c in _stack_channels(wc.pid)),
             dseg=lambda wc, input: f"--dseg {shlex.quote(input.dseg)}" if "dseg" in input.keys() else "",
             size=STACK_SETTINGS["slice_size"],
+            multiple=STACK_SETTINGS["multiple"],
             clip=STACK_SETTINGS["qsm_clip_sigma"],
         log:
             log_path("stacks", "{pid}"),
@@ -141,7 +145,7 @@ if LEARN_EXPERIMENTS or APPLIED_CARD:
             runtime=10,
         shell:
             "deepmir stack {params.channels} --mask {input.mask:q} {params.dseg} --out {output:q} "
-            "--pad-to {params.size} --qsm-clip-sigma {params.clip} > {log:q} 2>&1"
+            "--pad-to {params.size} --pad-multiple {params.multiple} --qsm-clip-sigma {params.clip} > {log:q} 2>&1"
 
 
 if LEARN_EXPERIMENTS:

@@ -116,6 +116,21 @@ def _parse_channel(spec: str):
     return name, path
 
 
+def _pad_size(args, inplane) -> int:
+    """--pad-to as a number, or 'auto': the in-plane matrix rounded up to --pad-multiple."""
+    if args.pad_multiple < 1:
+        raise InputError(args.out, "--pad-multiple must be positive")
+    if args.pad_to == "auto":
+        return -(-max(inplane) // args.pad_multiple) * args.pad_multiple
+    try:
+        size = int(args.pad_to)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise InputError(args.out, f"--pad-to must be a positive number or auto, got {args.pad_to!r}")
+    return size
+
+
 def cmd_stack(args) -> int:
     from deepmir.dataset import make_stack
 
@@ -146,10 +161,9 @@ def cmd_stack(args) -> int:
         if not np.isfinite(lab).all() or (lab != np.round(lab)).any() or lab.min() < 0 or lab.max() > 255:
             raise InputError(args.dseg, "labels must be integers 0..255 (1 CMB, 2 iron deposit)")
         labels = lab.astype(np.uint8)
-    if args.pad_to < 1:
-        raise InputError(args.out, "--pad-to must be positive")
     axial, lr = axes_from_affine(m_aff)
-    x, y, meta = make_stack(channels, mask > 0, labels, axial, pad_to=args.pad_to,
+    pad_to = _pad_size(args, [n for a, n in enumerate(mask.shape) if a != axial])
+    x, y, meta = make_stack(channels, mask > 0, labels, axial, pad_to=pad_to,
                             qsm_clip_sigma=args.qsm_clip_sigma, lr_axis=lr)
     if meta["cropped"]:  # slices larger than --pad-to are centre-cropped: never through the brain
         m = np.moveaxis(mask > 0, axial, 0)
@@ -157,8 +171,9 @@ def cmd_stack(args) -> int:
         cut = int(m.sum() - m[:, oh:oh + lh, ow:ow + lw].sum())
         if cut:
             raise InputError(args.mask, f"slices of {m.shape[1]}×{m.shape[2]} voxels do not fit --pad-to "
-                                        f"{args.pad_to} (learn.slice_size) without cutting {cut} brain voxels: "
-                                        f"raise it to at least {max(m.shape[1:])}, a multiple of 2^(depth−1)")
+                                        f"{pad_to} (learn.slice_size) without cutting {cut} brain voxels: "
+                                        f"raise it to at least {max(m.shape[1:])}, a multiple of 2^(depth−1), "
+                                        f"or set it to null (fitted)")
     save_stack(args.out, x, y, meta, m_aff, mask > 0)
     return 0
 
@@ -212,55 +227,70 @@ def cmd_folds(args) -> int:
 
 # ---------------------------------------------------------------- train ----------------------
 
-def _gather(paths, label_mode, channels):
+def _labelled_stacks(paths, channels):
+    """[(x with ``channels`` in order, stack)] of labelled stacks, and their common key
+    (channels, left-right axis); a stack without labels or a channel, or differing from the
+    first one, is refused."""
+    out, ref = [], None
+    for path in paths:
+        st = load_stack(path, need_labels=True)
+        names = st["meta"]["channels"]
+        want = list(channels or names)
+        missing = [c for c in want if c not in names]
+        if missing:
+            raise InputError(path, f"stack lacks channel(s) {missing} (has {names})")
+        key = (tuple(want), st["meta"]["flip_dim"])
+        if ref is None:
+            ref = key
+        elif key != ref:
+            raise InputError(path, "stack differs from the first one in channels or orientation")
+        out.append((np.ascontiguousarray(st["x"][:, [names.index(c) for c in want]]), st))
+    return out, ref
+
+
+def _pad_square(a: np.ndarray, size: int) -> np.ndarray:
+    """Centre ``a``'s last two (square) axes in ``size × size`` zeros."""
+    o = (size - a.shape[-1]) // 2
+    out = np.zeros(a.shape[:-2] + (size, size), a.dtype)
+    out[..., o:o + a.shape[-2], o:o + a.shape[-1]] = a
+    return out
+
+
+def _gather(stacks, label_mode, size):
+    """The paper learner's arrays: slices of every stack padded to ``size``, mapped labels,
+    and which slices hold brain."""
     from deepmir.dataset import label_mode as map_labels
 
-    xs, ys, eligible, ref = [], [], [], None
-    for path in paths:
-        st = load_stack(path, need_labels=True)
-        meta = st["meta"]
-        names = meta["channels"]
-        want = channels or names
-        missing = [c for c in want if c not in names]
-        if missing:
-            raise InputError(path, f"stack lacks channel(s) {missing} (has {names})")
-        key = (tuple(want), meta["pad_to"], meta["flip_dim"])
-        if ref is None:
-            ref = key
-        elif key != ref:
-            raise InputError(path, "stack differs from the first one in channels, slice size or orientation")
-        xs.append(st["x"][:, [names.index(c) for c in want]])
-        ys.append(map_labels(st["y"], label_mode))
-        el = np.zeros(len(st["x"]), dtype=bool)
-        el[meta["brain_slices"]] = True
+    xs, ys, eligible = [], [], []
+    for x, st in stacks:
+        xs.append(_pad_square(x, size))
+        ys.append(_pad_square(map_labels(st["y"], label_mode), size))
+        el = np.zeros(len(x), dtype=bool)
+        el[st["meta"]["brain_slices"]] = True
         eligible.append(el)
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(eligible), ref
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(eligible)
 
 
-def _volumes(paths, channels):
+def _volumes(stacks):
     """The patch learner's volumes: dicts of x (the channels, in order), y (raw dseg 0/1/2),
-    brain (stack grid) and voxel_size (slice, row, column), with the stacks' common key."""
+    brain (stack grid) and voxel_size (slice, row, column)."""
     from deepmir.dataset import restack, stack_voxel_size
 
-    vols, ref = [], None
-    for path in paths:
-        st = load_stack(path, need_labels=True)
-        meta, names = st["meta"], st["meta"]["channels"]
-        want = channels or names
-        missing = [c for c in want if c not in names]
-        if missing:
-            raise InputError(path, f"stack lacks channel(s) {missing} (has {names})")
-        key = (tuple(want), meta["pad_to"], meta["flip_dim"])
-        if ref is None:
-            ref = key
-        elif key != ref:
-            raise InputError(path, "stack differs from the first one in channels, slice size or orientation")
-        y = st["y"]
-        vols.append({"x": np.ascontiguousarray(st["x"][:, [names.index(c) for c in want]]),
-                     "y": np.where((y == 1) | (y == 2), y, 0).astype(np.uint8),
-                     "brain": restack(st["mask"].astype(bool), meta, fill=False),
-                     "voxel_size": stack_voxel_size(st["affine"], meta)})
-    return vols, ref
+    return [{"x": x, "y": np.where((st["y"] == 1) | (st["y"] == 2), st["y"], 0).astype(np.uint8),
+             "brain": restack(st["mask"].astype(bool), st["meta"], fill=False),
+             "voxel_size": stack_voxel_size(st["affine"], st["meta"])} for x, st in stacks]
+
+
+def _train_and_val_stacks(args):
+    """Training and validation stacks (labelled, same channels and orientation, disjoint)."""
+    tr, ref = _labelled_stacks(args.train_stacks, args.channels)
+    va, vref = _labelled_stacks(args.val_stacks, list(ref[0]))
+    if vref != ref:
+        raise InputError(args.val_stacks[0], "validation stacks differ from the training stacks")
+    common = set(map(os.path.realpath, args.train_stacks)) & set(map(os.path.realpath, args.val_stacks))
+    if common:
+        raise InputError(sorted(common)[0], "stack is in both the training and the validation set")
+    return tr, va, ref
 
 
 def _train_patch(args, out: Path) -> int:
@@ -271,13 +301,12 @@ def _train_patch(args, out: Path) -> int:
         cfg = LearnerConfig.from_dict(json.loads(args.patch_json) if args.patch_json else {})
     except (ValueError, TypeError) as err:
         raise InputError(out, f"--patch-json: {err}") from None
-    tv, ref = _volumes(args.train_stacks, args.channels)
-    vv, vref = _volumes(args.val_stacks, list(ref[0]))
-    if vref != ref:
-        raise InputError(args.val_stacks[0], "validation stacks differ from the training stacks")
-    if ref[1] % 2 ** (cfg.depth - 1) or cfg.patch_size % 2 ** (cfg.depth - 1):
-        raise InputError(args.train_stacks[0], f"slice size {ref[1]} and patch size {cfg.patch_size} must be "
-                                               f"divisible by 2^(depth-1) = {2 ** (cfg.depth - 1)}")
+    tr, va, ref = _train_and_val_stacks(args)
+    f = 2 ** (cfg.depth - 1)
+    odd = [p for p, (x, _) in zip(args.train_stacks + args.val_stacks, tr + va) if x.shape[-1] % f]
+    if odd or cfg.patch_size % f:
+        raise InputError(odd[0] if odd else out, f"slice and patch sizes must be divisible by 2^(depth-1) = {f}")
+    tv, vv = _volumes(tr), _volumes(va)
     from deepmir.learner import SAMPLED_LABELS
     if not any(np.isin(v["y"], SAMPLED_LABELS[args.label_mode]).any() for v in tv):
         raise InputError(args.train_stacks[0], f"no '{args.label_mode}' label in the training stacks")
@@ -289,7 +318,7 @@ def _train_patch(args, out: Path) -> int:
         unit=args.tol_unit, progress=not args.quiet, stop_after=args.stop_after,
         amp=False if args.no_amp else None,
         model_info={"title": f"{out.parent.name}/{out.name}: {args.label_mode}, {' + '.join(ref[0])}",
-                    "channels": list(ref[0]), "pad_to": ref[1], "class_value": class_value(args.label_mode)})
+                    "channels": list(ref[0]), "class_value": class_value(args.label_mode)})
     if result.completed and args.drop_last:
         (out / "last.pt").unlink(missing_ok=True)
     return 0
@@ -308,13 +337,10 @@ def cmd_train(args) -> int:
             raise InputError(out, f"--{name.replace('_', '-')} must be at least 1")
     if args.lr <= 0 or args.fg_weight <= 0:
         raise InputError(out, "--lr and --fg-weight must be positive")
-    tx, ty, tel, ref = _gather(args.train_stacks, args.label_mode, args.channels)
-    vx, vy, vel, vref = _gather(args.val_stacks, args.label_mode, list(ref[0]))
-    if vref != ref:
-        raise InputError(args.val_stacks[0], "validation stacks differ from the training stacks")
-    common = set(map(os.path.realpath, args.train_stacks)) & set(map(os.path.realpath, args.val_stacks))
-    if common:
-        raise InputError(sorted(common)[0], "stack is in both the training and the validation set")
+    tr, va, ref = _train_and_val_stacks(args)
+    size = max(x.shape[-1] for x, _ in tr + va)     # stacks fitted per participant: pad to the largest
+    tx, ty, tel = _gather(tr, args.label_mode, size)
+    vx, vy, vel = _gather(va, args.label_mode, size)
     if not tx.shape[-1] % 2 ** (args.depth - 1) == 0:
         raise InputError(args.train_stacks[0], f"slice size {tx.shape[-1]} not divisible by 2^(depth-1)")
     n_classes = n_classes_for(args.label_mode)
@@ -341,11 +367,11 @@ def cmd_train(args) -> int:
     result = train(
         tx, ty, vx, vy, n_classes=n_classes, model_config=model_config, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, augment=augment,
-        augment_val=not args.no_augment_val, train_eligible=tel, val_eligible=vel, flip_dim=ref[2],
+        augment_val=not args.no_augment_val, train_eligible=tel, val_eligible=vel, flip_dim=ref[1],
         checkpoint_dir=out, device=args.device, amp=False if args.no_amp else None,
         stop_after_epoch=args.stop_after_epoch, progress=not args.quiet,
         model_info={"title": f"{out.parent.name}/{out.name}: {args.label_mode}, {' + '.join(ref[0])}",
-                    "label_mode": args.label_mode, "channels": list(ref[0]), "pad_to": ref[1],
+                    "label_mode": args.label_mode, "channels": list(ref[0]), "pad_to": size,
                     "class_value": class_value(args.label_mode)},
         on_mismatch="error" if args.keep_mismatched else "restart",
         fg_weight=args.fg_weight, prior_bias=not args.no_prior_bias,
@@ -489,7 +515,10 @@ def register(subparsers) -> None:
     p.add_argument("--dseg", metavar="PATH", help="reference labels NIfTI (0 background, 1 CMB, 2 iron deposit); "
                                                   "omit for a participant to predict only")
     p.add_argument("--out", required=True, metavar="PATH", help="output stack (.npz)")
-    p.add_argument("--pad-to", type=int, default=256, help="slice size after centred zero-padding / cropping")
+    p.add_argument("--pad-to", default="auto",
+                   help="slice size after centred zero-padding / cropping, or auto: the in-plane matrix rounded "
+                        "up to --pad-multiple")
+    p.add_argument("--pad-multiple", type=int, default=32, help="auto slice sizes are multiples of this")
     p.add_argument("--qsm-clip-sigma", type=float, default=5.0, help="clip QSM to ± this many σ before z-scoring")
     p.set_defaults(func=cmd_stack)
 
