@@ -243,7 +243,7 @@ def train_patches(train_vols: list[dict], val_vols: list[dict], mode: str, cfg: 
     model = build_model(n_classes, in_ch, cfg.model, seed)
     _, y0 = sampler.batch(np.random.default_rng([int(seed), 5]), 4 * cfg.batch_size)
     set_prior_bias(model, map_labels(y0, mode), floor=PRIOR_FLOOR)
-    model.to(dev)
+    model.to(dev).to(memory_format=torch.channels_last)   # ~1.4× faster on CPUs too (oneDNN)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(dev.type, enabled=use_scaler)
     sig = _signature(cfg, mode, seed, train_vols, val_vols, tolerances, unit, in_ch, n_classes)
@@ -329,7 +329,7 @@ def train_patches(train_vols: list[dict], val_vols: list[dict], mode: str, cfg: 
             if hard_on and cfg.hard_fraction > 0 and (it - math.ceil(cfg.hard_start * cfg.iterations)) % cfg.mine_every == 0:
                 mine(it)
             xb, yb = sampler.batch(np.random.default_rng([int(seed), 7, it]), cfg.batch_size, hard_on)
-            xb = torch.from_numpy(xb).to(dev)
+            xb = torch.from_numpy(xb).to(dev).contiguous(memory_format=torch.channels_last)
             tb = torch.from_numpy(map_labels(yb, mode)).to(dev)
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, it)
@@ -356,7 +356,7 @@ def train_patches(train_vols: list[dict], val_vols: list[dict], mode: str, cfg: 
                     f1 = f"  val_F1 {val_f1:.3f} (best {state['best_score']:.3f}@{state['best_iteration']})" \
                         if is_val else ""
                     print(f"iter {done}/{cfg.iterations}  loss {mean_loss:.4f}  lr {lr_at(cfg, it):.2e}{f1}  "
-                          f"{rate:.2f} it/s ({rate * cfg.batch_size:.0f} patches/s)  "
+                          f"hard negatives {len(sampler.hard)}  {rate:.2f} it/s ({rate * cfg.batch_size:.0f} patches/s)  "
                           f"ETA {(cfg.iterations - done) / max(rate, 1e-9):.0f}s", file=sys.stderr, flush=True)
                 state["loss_sum"], state["loss_n"], t_log = 0.0, 0, now
             if done % cfg.checkpoint_every == 0 or is_val:

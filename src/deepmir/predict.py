@@ -32,16 +32,14 @@ def predict_probs(model: torch.nn.Module, x_stack, device=None, batch_size: int 
     dev = resolve_device(device)
     use_amp, amp_dtype, _ = amp_settings(dev, amp)
     model = model.to(dev).eval()
-    if dev.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last)    # faster on CPUs too (oneDNN), same results
     x_stack = np.asarray(x_stack, dtype=np.float32)
     index = np.arange(len(x_stack)) if slices is None else np.asarray(slices, dtype=np.int64)
     flips = [(), (-2,), (-1,), (-2, -1)] if tta else [()]
     out = []
     for b in range(0, len(index), batch_size):
         xb = torch.from_numpy(context_slices(x_stack, index[b:b + batch_size], context)).to(dev)
-        if dev.type == "cuda":
-            xb = xb.contiguous(memory_format=torch.channels_last)
+        xb = xb.contiguous(memory_format=torch.channels_last)
         acc = 0
         for dims in flips:
             xf = torch.flip(xb, dims) if dims else xb

@@ -53,7 +53,7 @@ PRESETS = {
     "demo": {
         "lesions": {
             "cmb_median_diameter_mm": 3.4,
-            "cmb_count_bins": [[3, 8, 1]],
+            "cmb_count_bins": [[5, 10, 1]],
             "iron_count_bins": [[2, 4, 1]],
             "calcification_count_bins": [[1, 3, 1]],
         },
