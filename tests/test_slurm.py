@@ -12,9 +12,9 @@ skipped, with the reason.
   jobcomp/filetxt log, with this run's job name).
 - test_slurm_outputs_equal_local_run: the inputs stage (NIfTI arrays and affines, JSON) and its
   montage of the SLURM run equal those of a local run of the same configuration.
-- test_preempted_training_resumes: a training job cancelled with `scancel` after its first
-  epochs is submitted again by Snakemake (retries) and resumes after its last checkpointed
-  epoch k, i.e. its log starts at epoch k + 1.
+- test_preempted_training_resumes: a training job (the default patch learner) cancelled with
+  `scancel` after its first checkpoints is submitted again by Snakemake (retries) and resumes
+  at its last checkpointed iteration k, i.e. its log goes on from iteration k.
 - test_rerun_*: after the complete SLURM run, a changed parameter, `-R` and `--until` select
   only the dependent jobs (local dry runs in its working folder), and a run stopped after
   one stage continues with what is left.
@@ -361,11 +361,12 @@ def test_rerun_continues_where_it_stopped(slurm_run, tmp_path):
 LEARN_CONFIG = {
     "output_dir": "results",
     "synth": {"scale": "demo", "seed": 3, "n_participants": 3},
-    "learn": {"slice_size": 32, "epochs": 12, "batch_size": 8, "threads": 1, "device": "cpu",
-              "train_mem_mb": 1000, "train_runtime": 10,
-              "model": {"depth": 3, "base_width": 4},
-              "augment": {"n_translations": 4, "n_rotations": 4, "max_shift": 6}},
+    "learn": {"threads": 1, "device": "cpu", "train_mem_mb": 1000, "train_runtime": 10,
+              "patch": {"iterations": 300, "batch_size": 8, "patch_size": 16, "depth": 3, "base_width": 4,
+                        "checkpoint_every": 10, "log_every": 10, "val_every": 50, "mine_every": 20,
+                        "mine_slices": 2}},
 }
+ITERATIONS = LEARN_CONFIG["learn"]["patch"]["iterations"]
 
 
 def _learn_snakefile(wd: Path) -> tuple[Path, bool]:
@@ -429,10 +430,10 @@ def test_preempted_training_resumes(cluster, tmp_path, request):
     with open(wd / "snakemake.out", "w") as sm_out:
         proc = subprocess.Popen(cmd, env=cluster.env, stdout=sm_out, stderr=subprocess.STDOUT)
         try:
-            # wait for the training job to checkpoint its first epoch, then cancel it like a preemption
+            # wait for the training job to write its first checkpoint, then cancel it like a preemption
             t0, seen, victim = time.time(), [], None
             while time.time() - t0 < 300 and proc.poll() is None:
-                seen = [int(e) for e in re.findall(r"^epoch (\d+)/", log.read_text(), re.M)] if log.exists() else []
+                seen = [int(e) for e in re.findall(r"^iter (\d+)/", log.read_text(), re.M)] if log.exists() else []
                 if seen and (wd / fold / "last.pt").exists():
                     victim = next((j["id"] for j in cluster.squeue()
                                    if j["comment"].startswith("rule_learn_train") and j["state"] == "RUNNING"), None)
@@ -441,8 +442,8 @@ def test_preempted_training_resumes(cluster, tmp_path, request):
                         break
                 time.sleep(0.2)
             first_log = log.read_text() if log.exists() else ""
-            assert victim, f"never saw the training job checkpoint an epoch while running:\n{first_log[-2000:]}"
-            assert max(seen) < LEARN_CONFIG["learn"]["epochs"], "training finished before it could be cancelled"
+            assert victim, f"never saw the training job checkpoint while running:\n{first_log[-2000:]}"
+            assert max(seen) < ITERATIONS, "training finished before it could be cancelled"
             rc = proc.wait(timeout=400)
         finally:
             if proc.poll() is None:
@@ -457,18 +458,18 @@ def test_preempted_training_resumes(cluster, tmp_path, request):
                         key=int)
     assert victim in train_jobs and len(train_jobs) >= 2, (victim, train_jobs)
     resumed = log.read_text()
-    m = re.search(r"resuming from \S*last\.pt after epoch (\d+)", resumed)
+    m = re.search(r"resuming from \S*last\.pt at iteration (\d+)", resumed)
     assert m, f"the retried job did not resume from the checkpoint:\n{resumed[-2000:]}"
     k = int(m[1])
-    epochs = [int(e) for e in re.findall(r"^epoch (\d+)/", resumed, re.M)]
-    assert k >= max(seen) and epochs and epochs[0] == k + 1, (k, seen, epochs)
-    assert epochs[-1] == LEARN_CONFIG["learn"]["epochs"]
+    after = [int(e) for e in re.findall(r"^iter (\d+)/", resumed[m.end():], re.M)]
+    assert k >= max(seen) - 10 and after and after[0] == k + 10, (k, seen, after)
+    assert after[-1] == ITERATIONS
     table = (wd / fold / "log.tsv").read_text().splitlines()
-    assert [int(r.split("\t")[0]) for r in table[1:]] == list(range(1, LEARN_CONFIG["learn"]["epochs"] + 1))
+    assert [int(r.split("\t")[0]) for r in table[1:]] == list(range(10, ITERATIONS + 1, 10))
     assert (wd / fold / "best.pt").is_file()
     final = cluster.wait_recorded([j for j in _submitted(out) if j != victim])
-    _report(request, f"[slurm] preemption: training job {victim} cancelled after epoch {max(seen)} "
+    _report(request, f"[slurm] preemption: training job {victim} cancelled after iteration {max(seen)} "
                      f"(state {recs[victim]['JobState']}); retried as SLURM job(s) "
                      f"{[j for j in train_jobs if j != victim]}, "
-                     f"which resumed after epoch {k} and ran epochs {epochs[0]}..{epochs[-1]}; "
+                     f"which resumed at iteration {k} and ran iterations {k + 1}..{after[-1]}; "
                      f"jobcomp states {[(j, r['JobState']) for j, r in sorted(final.items(), key=lambda x: int(x[0]))]}")
