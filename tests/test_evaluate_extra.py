@@ -60,9 +60,10 @@ def test_qsm_accuracy_moments_signs_and_deep_gm():
     assert flipped["cmb_n_negative"] == 1 and flipped["calcification_n_positive"] == 1
 
 
-def test_qsm_table_reports_tkd_next_to_medi(tmp_path):
-    """qsm-accuracy --chi-tkd adds tkd_* columns; qsm-table flags per participant whether
-    MEDI's NRMSE is below TKD's and, in the mean row, whether it is on every participant."""
+def test_qsm_table_reports_tkd_and_cfl2_next_to_medi(tmp_path):
+    """qsm-accuracy --chi-tkd / --chi-cfl2 add tkd_* / cfl2_* columns; qsm-table flags per
+    participant whether MEDI's NRMSE is below each baseline's and, in the mean row, whether
+    it is on every participant."""
     rng = np.random.default_rng(3)
     shape = (10, 10, 10)
     truth = rng.normal(size=shape).astype(np.float32)
@@ -73,8 +74,9 @@ def test_qsm_table_reports_tkd_next_to_medi(tmp_path):
     rows = []
     for pid, medi, tkd in (("sub-01", good, bad), ("sub-02", bad, good)):
         out = tmp_path / f"{pid}.tsv"
-        assert cli.main(["qsm-accuracy", "--chi", medi, "--chi-tkd", tkd, "--truth", tr,
-                         "--mask", mask, "--participant", pid, "--out", str(out)]) == 0
+        assert cli.main(["qsm-accuracy", "--chi", medi, "--chi-tkd", tkd, "--chi-cfl2", bad,
+                         "--truth", tr, "--mask", mask, "--participant", pid,
+                         "--out", str(out)]) == 0
         rows.append(out)
     r1 = pd.read_csv(rows[0], sep="\t").iloc[0]
     assert r1["nrmse_percent"] < r1["tkd_nrmse_percent"]
@@ -83,8 +85,10 @@ def test_qsm_table_reports_tkd_next_to_medi(tmp_path):
                      str(tmp_path / "qt.tsv"), "--out-md", str(tmp_path / "qt.md")]) == 0
     t = pd.read_csv(tmp_path / "qt.tsv", sep="\t")
     assert list(t["beats_tkd"].astype(str)) == ["True", "False", "False"]
+    assert list(t["beats_cfl2"].astype(str)) == ["True", "False", "False"]   # bad vs bad: no
+    assert t["cfl2_nrmse_percent"].iloc[0] == pytest.approx(50, rel=0.2)
     md = (tmp_path / "qt.md").read_text()
-    assert "tkd_nrmse_percent" in md and "beats_tkd" in md
+    assert "tkd_nrmse_percent" in md and "beats_tkd" in md and "beats_cfl2" in md
     assert cli.main(["qsm-table", "--inputs", str(rows[0]), "--out-tsv",
                      str(tmp_path / "q1.tsv"), "--out-md", str(tmp_path / "q1.md")]) == 0
     assert list(pd.read_csv(tmp_path / "q1.tsv", sep="\t")["beats_tkd"].astype(str)) == \

@@ -143,6 +143,58 @@ def test_qsm_field_sign_flips_result(phantom, tmp_path):
     assert rc == 0 and niio.load(o)[0][cmb].mean() < -0.2
 
 
+def test_external_field_command_gives_the_workflows_chi(phantom, tmp_path, capsys):
+    """One inversion, two front ends: `deepmir qsm --field` on the workflow's own local field
+    and mask (with its noise map, magnitude and CSF mask, and its echo spacing) writes the
+    χ of the workflow's chain (`reconstruct`, which `deepmir qsm-run` runs), at the
+    defaults: λ chosen by the same rule, recorded in the sidecar."""
+    from deepmir.qsm.pipeline import reconstruct
+
+    d, brain, cmb = phantom
+    mag = niio.load(d / "mag.nii.gz")[0]
+    ph = niio.load(d / "phase.nii.gz")[0]
+    te = json.loads((d / "MEGRE.json").read_text())["EchoTime"]
+    res = reconstruct(mag, ph, te, brain, (1, 1, 1), (0, 0, 1), 3.0, -1, device="cpu",
+                      log=None)
+    assert res["info"]["lambda_rule"] == "lcurve"
+    files = {}
+    for name, arr in (("local", res["local_field"]), ("noise", res["noise_std"]),
+                      ("mask", res["local_mask"].astype(np.uint8)),
+                      ("csf", res["csf_mask"].astype(np.uint8))):
+        files[name] = tmp_path / f"{name}.nii.gz"
+        niio.save(files[name], arr, AFF)
+    out = tmp_path / "chi.nii.gz"
+    args = ["qsm", "--field", str(files["local"]), "--field-unit", "ppm",
+            "--mask", str(files["mask"]), "--magnitude", str(d / "mag.nii.gz"),
+            "--noise-std", str(files["noise"]), "--te", repr(res["delta_te"]), "--b0", "3",
+            "--output", str(out), "--device", "cpu"]
+    if res["csf_mask"].any():
+        args += ["--csf-mask", str(files["csf"])]
+    assert main(args) == 0
+    chi = niio.load(out)[0]
+    np.testing.assert_allclose(chi, res["chi"], atol=1e-6)
+    side = json.loads((tmp_path / "chi.json").read_text())
+    assert side["lambda"] == pytest.approx(res["info"]["lambda"])
+    assert side["lambda_rule"] == "lcurve" and side["weights"] == "noise map"
+    assert "MEDI λ =" in capsys.readouterr().err
+
+
+def test_qsm_external_noise_map_and_lambda_errors(phantom, tmp_path, capsys):
+    d, brain, _ = phantom
+    bad = tmp_path / "noise.nii.gz"
+    niio.save(bad, np.zeros((N, N, N), np.float32), AFF)
+    out = tmp_path / "chi.nii.gz"
+    rc = main(["qsm", "--field", str(d / "field_ppm.nii.gz"), "--field-unit", "ppm",
+               "--mask", str(d / "mask.nii.gz"), "--noise-std", str(bad), "--output", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "noise.nii.gz" in err and not out.exists()
+    assert not (tmp_path / "chi.json").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["qsm", "--field", str(d / "field_ppm.nii.gz"), "--field-unit", "ppm",
+              "--mask", str(d / "mask.nii.gz"), "--lambda", "-3", "--output", str(out)])
+    assert e.value.code == 2 and not out.exists()
+
+
 def test_workflow_schema_defaults_match_pipeline_defaults():
     """The qsm schema's defaults are the pipeline's DEFAULTS (mask_erode_mm included)."""
     from pathlib import Path

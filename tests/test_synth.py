@@ -191,3 +191,78 @@ def test_code_digest_follows_the_phantom_sources(tmp_path):
     assert code_digest(copy, ATLAS_CODE_FILES) == atlas
     (copy / "regions.py").write_text((copy / "regions.py").read_text() + "\n# changed\n")
     assert code_digest(copy, ATLAS_CODE_FILES) != atlas
+
+
+# --------------------------------------------------------------------------- tissue realism
+def test_anisotropy_field_of_aligned_fibres_is_a_scalar_dipole_field():
+    """χ_a (n nᵀ − I/3) with every fibre along B0 acts as a scalar χ of 2χ_a/3, across B0 as
+    −χ_a/3 (susceptibility tensor imaging, Liu 2010)."""
+    from deepmir.dipole import dipole_field
+    from deepmir.synth.tissue import anisotropy_field
+    n = 32
+    g = np.indices((n, n, n)) - n / 2
+    blob = ((g ** 2).sum(0) < 36).astype(np.float32) * 0.02
+    for b0 in ((0, 0, 1), (0.6, 0, 0.8)):
+        b = np.asarray(b0, float)
+        along = np.broadcast_to(b[:, None, None, None], (3, n, n, n)).astype(np.float32)
+        perp = np.cross(b, [0, 1, 0]) / np.linalg.norm(np.cross(b, [0, 1, 0]))
+        across = np.broadcast_to(perp[:, None, None, None], (3, n, n, n)).astype(np.float32)
+        for n_dir, scale in ((along, 2 / 3), (across, -1 / 3)):
+            f = anisotropy_field(blob, n_dir, (1, 1, 1), b0, pad_factor=2.0)
+            ref = dipole_field(blob * scale, (1, 1, 1), b0, pad_factor=2.0)
+            assert np.abs(f - ref).max() < 0.02 * np.abs(ref).max()
+
+
+def test_microstructure_offset_is_mean_free_over_orientations():
+    from deepmir.synth.tissue import microstructure_offset
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(3, 20000, 1, 1))
+    v /= np.linalg.norm(v, axis=0, keepdims=True)
+    off = microstructure_offset(0.005, np.ones((20000, 1, 1), np.float32), v.astype(np.float32),
+                                (0, 0, 1))
+    assert abs(off.mean()) < 1e-4 and off.max() == pytest.approx(0.005 / 3, rel=0.01)
+
+
+def test_vessel_partial_volume_holds_the_tube_volume():
+    """A straight tube of radius r and length L holds π r² L of blood (±10 %), spread over
+    partial-volume voxels; excluded voxels stay free."""
+    from deepmir.synth.vessels import Vessel, vessel_fraction
+    path = np.array([[-10.0, 0.3, 0.2], [10.0, 0.3, 0.2]])
+    shape = (40, 16, 16)
+    aff = np.eye(4)
+    aff[:3, :3] = np.diag([0.75, 0.75, 0.75])
+    aff[:3, 3] = -np.array(shape) / 2 * 0.75
+    for r in (0.2, 0.3, 0.6, 1.2):
+        v = Vessel(path=path, radius=np.array([r, r]), chi=0.45)
+        frac, chi = vessel_fraction([v], shape, aff, (0.75, 0.75, 0.75))
+        inside = frac.reshape(shape)[10:30].sum() * 0.75 ** 3       # x in ±7.5 mm of ±10
+        length = 20 * 0.75
+        assert inside == pytest.approx(np.pi * r * r * length, rel=0.1)
+        assert set(np.unique(chi[frac > 0])) == {np.float32(0.45)}
+    excl = np.zeros(frac.size, bool)
+    excl[frac > 0.5] = True
+    frac2, _ = vessel_fraction([v], shape, aff, (0.75, 0.75, 0.75), exclude=excl)
+    assert not frac2[excl].any() and frac2.sum() > 0
+
+
+def test_tissue_realism_leaves_lesions_and_labels_alone(tiny_cfg, tiny_sim):
+    """Texture, veins, anisotropy and the coil profile come from their own random streams:
+    without them the participant has the same lesions, labels and lesion table; with them
+    the GRE differs (and the truth χ has texture inside tissue)."""
+    import copy
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg["tissue"] = {"texture": False, "veins": False, "anisotropy_ppm": 0.0,
+                     "microstructure_ppm": 0.0, "coil_contrast": 0.0}
+    plain = simulate(cfg, cfg["seed"], 0)
+    for key in ("lesions", "dseg", "tissue", "brain"):
+        assert np.array_equal(plain["truth"][key], tiny_sim["truth"][key]), key
+    assert plain["truth"]["table"].equals(tiny_sim["truth"]["table"])
+    assert not np.allclose(plain["mag"][0], tiny_sim["mag"][0])
+    t = tiny_sim["truth"]
+    from scipy import ndimage as ndi
+    wm = ndi.binary_erosion((t["tissue"] == A.WM) & (t["lesions"] == 0) & t["brain"])
+    assert wm.sum() > 100
+    plain_sd, tex_sd = np.std(plain["truth"]["chi"][wm]), np.std(t["chi"][wm])
+    assert tex_sd > plain_sd + 0.002, (plain_sd, tex_sd)
+    # the field beyond scalar χ: the local field is not the dipole field of χ alone
+    assert not np.allclose(plain["truth"]["local_field"], t["local_field"], atol=1e-3)

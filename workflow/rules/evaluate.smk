@@ -224,12 +224,13 @@ rule evaluate_overlay:
 if _QSM_TABLE:
 
     rule evaluate_qsm_accuracy:
-        """QSM (MEDI and, next to it, TKD of the same local field) of one participant against
-        the synthetic truth, inside the pipeline's brain mask, with deep-GM ROI errors and
-        lesion moments."""
+        """QSM (MEDI and, next to it, TKD and closed-form L2 of the same local field) of one
+        participant against the synthetic truth, inside the pipeline's brain mask, with
+        deep-GM ROI errors and lesion moments."""
         input:
             chi=out("qsm", "{pid}", "space-MEGRE_Chimap.nii.gz"),
             chi_tkd=out("qsm", "{pid}", "space-MEGRE_desc-tkd_Chimap.nii.gz"),
+            chi_cfl2=out("qsm", "{pid}", "space-MEGRE_desc-cfl2_Chimap.nii.gz"),
             truth=truth_path("{pid}", "space-MEGRE_Chimap.nii.gz"),
             tissue=truth_path("{pid}", "space-MEGRE_desc-tissue_dseg.nii.gz"),
             mask=out("anat", "{pid}", "space-MEGRE_desc-brain_mask.nii.gz"),
@@ -244,6 +245,7 @@ if _QSM_TABLE:
             runtime=5,
         shell:
             "deepmir qsm-accuracy --chi {input.chi:q} --chi-tkd {input.chi_tkd:q} "
+            "--chi-cfl2 {input.chi_cfl2:q} "
             "--truth {input.truth:q} --tissue {input.tissue:q} --mask {input.mask:q} "
             "--lesion-map {input.lesion_map:q} --lesions {input.lesions:q} "
             "--participant {wildcards.pid:q} --out {output:q} > {log:q} 2>&1"

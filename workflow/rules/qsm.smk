@@ -21,14 +21,19 @@ def _qsm_options():
             f"--tkd-threshold {q['tkd_threshold']}", f"--medi-max-iter {q['medi_max_iter']}",
             f"--medi-cg-max-iter {q['medi_cg_max_iter']}", f"--device {shlex.quote(q['device'])}",
             f"--threads {q['threads']}", f"--mask-erode-mm {q['mask_erode_mm']}",
-            "--residual-weighting" if q["residual_weighting"] else "--no-residual-weighting"]
+            "--residual-weighting" if q["residual_weighting"] else "--no-residual-weighting",
+            f"--lambda-factor {q['lambda_factor']}", f"--edge-mm {q['edge_mm']}",
+            f"--missing-weight {q['missing_weight']}",
+            f"--missing-min-mm3 {q['missing_min_mm3']}",
+            "--medi-precondition" if q["medi_precondition"] else "--no-medi-precondition"]
     opts.append("--merit" if q["merit"] else "--no-merit")
     return " ".join(opts)
 
 
 rule qsm:
-    """χ (ppm, paramagnetic positive), R2*, the local field and the TKD χ of the same local
-    field (the baseline of the QSM accuracy table) on the MEGRE grid."""
+    """χ (ppm, paramagnetic positive) with its JSON sidecar (λ and how it was chosen), R2*,
+    the local field, and the TKD and closed-form L2 χ of the same local field (the baselines
+    of the QSM accuracy table) on the MEGRE grid."""
     input:
         mag=out("inputs", "{pid}", "part-mag_MEGRE.nii.gz"),
         phase=out("inputs", "{pid}", "part-phase_MEGRE.nii.gz"),
@@ -38,7 +43,9 @@ rule qsm:
         chi=out("qsm", "{pid}", "space-MEGRE_Chimap.nii.gz"),
         r2s=out("qsm", "{pid}", "space-MEGRE_R2starmap.nii.gz"),
         field=out("qsm", "{pid}", "space-MEGRE_desc-local_fieldmap.nii.gz"),
+        chi_json=out("qsm", "{pid}", "space-MEGRE_Chimap.json"),
         chi_tkd=out("qsm", "{pid}", "space-MEGRE_desc-tkd_Chimap.nii.gz"),
+        chi_cfl2=out("qsm", "{pid}", "space-MEGRE_desc-cfl2_Chimap.nii.gz"),
         qc=report(f"{OUT}/report/qsm/{{pid}}_qsm.png", caption="../report/qsm_qc.rst",
                   category="QSM", subcategory="{pid}"),
     params:
@@ -57,7 +64,7 @@ rule qsm:
     shell:
         "deepmir qsm-run --mag {input.mag:q} --phase {input.phase:q} --json {input.json:q} "
         "--mask {input.mask:q} --chi {output.chi:q} --r2s {output.r2s:q} --field {output.field:q} "
-        "--chi-tkd {output.chi_tkd:q} "
+        "--chi-tkd {output.chi_tkd:q} --chi-cfl2 {output.chi_cfl2:q} "
         "--qc {output.qc:q} {params.options} > {log:q} 2>&1"
 
 

@@ -71,29 +71,70 @@ def _load_mask(path, ref_shape, ref_aff):
     return m
 
 
-def _write_all(outputs):
-    """Write every (path, array, affine) only after all were computed (nothing is written
-    when any step fails)."""
+def _write_all(outputs, sidecars=()):
+    """Write every (path, array, affine) and (path, dict) JSON sidecar only after all were
+    computed (nothing is written when any step fails)."""
     with niio.together():
         for path, arr, aff in outputs:
             if path:
                 niio.save(path, arr, aff)
+        for path, obj in sidecars:
+            if path:
+                niio.write_json(path, obj)
+
+
+def sidecar_path(nifti) -> Path:
+    """The JSON sidecar of a NIfTI path (BIDS: the same name with .json)."""
+    p = Path(nifti)
+    name = p.name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return p.with_name(name[: -len(ext)] + ".json")
+    return p.with_name(name + ".json")
+
+
+def _lambda_arg(text):
+    """--lambda: "auto" (the L-curve rule) or a positive number (MEDI units)."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a positive number, got {text!r}")
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"λ must be positive, got {text!r}")
+    return v
+
+
+def _print_lambda(info, prefix):
+    if "lambda" in info:
+        how = ("L-curve rule: CFL2 corner α {cfl2_alpha_mm2:.3g} mm², gradient scale "
+               "{cfl2_gradient_ppm_per_mm:.3g} ppm/mm, factor {lambda_factor:g}".format(**info)
+               if info.get("lambda_rule") == "lcurve" else "fixed")
+        print(f"{prefix}: MEDI λ = {info['lambda']:.4g} (toolbox units; {info['lambda_ppm']:.4g}"
+              f" per ppm·mm, independent of TE and B0), {how}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------- qsm (external)
 def run_qsm(args) -> int:
     import torch
 
-    from deepmir.dipole import b0_direction, voxel_sizes
-    from deepmir.qsm.inversion import medi_l1, tkd
     from deepmir.device import pick_device
-    from deepmir.qsm.pipeline import hz_per_ppm
+    from deepmir.dipole import b0_direction, voxel_sizes
+    from deepmir.qsm.pipeline import hz_per_ppm, invert
+    from deepmir.qsm.weights import noise_from_magnitude
 
     torch.set_num_threads(max(int(args.threads), 1))
     _check_options(outputs=_given(args, "output"), nonnegative=_given(args, "smv_radius"),
-                   positive=_given(args, "b0", "te", "tkd_threshold") + (("--lambda", args.lam),))
+                   positive=_given(args, "b0", "te", "tkd_threshold"))   # --lambda: checked by its parser
     if args.te > 1:
         raise InputError("--te", f"echo time is in seconds, got {args.te} (ms?)")
+    for opt, v in (("--edge-mm", args.edge_mm), ("--missing-weight", args.missing_weight),
+                   ("--missing-min-mm3", args.missing_min_mm3)):
+        if not (np.isfinite(v) and v >= 0):
+            raise InputError(opt, f"must be a non-negative number, got {v}")
+    if not args.lambda_factor > 0:
+        raise InputError("--lambda-factor", f"must be positive, got {args.lambda_factor}")
     field, aff = _load(args.field, "field")
     if field.ndim == 4 and field.shape[3] == 1:
         field = field[..., 0]
@@ -109,28 +150,50 @@ def run_qsm(args) -> int:
     else:
         f_ppm = field / (2 * np.pi * hz_per_ppm(args.b0) * args.te)
     f_ppm = np.where(mask, np.nan_to_num(f_ppm) * args.field_sign, 0).astype(np.float32)
-    mag = None
+    mag = noise = csf = None
+    weights = "uniform"
     if args.magnitude:
         mag, maff = _load(args.magnitude, "magnitude")
         _need_ndim(mag, args.magnitude, "the magnitude", (3, 4))
         _same_grid(field.shape, aff, mag.shape, maff, args.magnitude, "magnitude")
         mag = np.nan_to_num(np.sqrt((mag ** 2).sum(-1)) if mag.ndim == 4 else np.abs(mag))
-    vs = voxel_sizes(aff)
-    b0 = b0_direction(aff)
+        noise, weights = noise_from_magnitude(mag, mask), "magnitude"
+    if args.noise_std:
+        noise, naff = _load(args.noise_std, "noise map")
+        _need_ndim(noise, args.noise_std, "the noise map", (3,))
+        _same_grid(field.shape, aff, noise.shape, naff, args.noise_std, "noise map")
+        bad = mask & ~(np.isfinite(noise) & (noise > 0))
+        if bad.any():
+            raise InputError(args.noise_std, f"{int(bad.sum())} voxels of the mask have no "
+                                             "positive finite noise")
+        weights = "noise map"
+    if args.csf_mask:
+        csf = _load_mask(args.csf_mask, field.shape, aff) & mask
+    params = {"inversion": args.method, "lambda": args.lam, "lambda_factor": args.lambda_factor,
+              "merit": args.merit, "smv": args.smv_radius > 0,
+              "smv_radius_mm": args.smv_radius if args.smv_radius > 0 else 5.0,
+              "tkd_threshold": args.tkd_threshold, "edge_mm": args.edge_mm,
+              "missing_weight": args.missing_weight, "missing_min_mm3": args.missing_min_mm3}
     dev = pick_device(args.device)
-    if args.method == "tkd":
-        chi = tkd(f_ppm, mask, vs, b0, threshold=args.tkd_threshold, device=dev)
-        msg = "tkd"
-    else:
-        res = medi_l1(f_ppm, mask, vs, b0, magnitude=mag, b0_tesla=args.b0, delta_te=args.te,
-                      lam=args.lam, smv=args.smv_radius > 0,
-                      smv_radius_mm=args.smv_radius if args.smv_radius > 0 else 5.0,
-                      merit=args.merit, device=dev)
-        chi = res["chi"]
-        msg = (f"medi: {res['iterations']} Gauss-Newton steps, CG {res['cg_iterations']}, "
-               f"{res['seconds']:.1f} s")
-    _write_all([(args.output, chi, aff)])
-    print(f"deepmir qsm: {msg} on {dev}; wrote {args.output}", file=sys.stderr)
+    try:
+        res = invert(f_ppm, mask, voxel_sizes(aff), b0_direction(aff), magnitude=mag,
+                     noise_std=noise, csf_mask=csf, b0_tesla=args.b0, delta_te=args.te,
+                     params=params, device=dev)
+    except ValueError as err:
+        raise InputError(args.field, str(err))
+    info = dict(res["info"], weights=weights, field_unit=args.field_unit, echo_time=args.te,
+                field_strength=args.b0, edge_mm=args.edge_mm,
+                missing_weight=args.missing_weight, missing_min_mm3=args.missing_min_mm3,
+                csf_reference=csf is not None,
+                unit="ppm")
+    side = sidecar_path(args.output)
+    _write_all([(args.output, res["chi"], aff)], [(side, info)])
+    _print_lambda(info, "deepmir qsm")
+    msg = args.method
+    if args.method == "medi":
+        msg = (f"medi: {info['medi_iterations']} Gauss-Newton steps, CG {info['medi_cg']}, "
+               f"{info['medi_seconds']:.1f} s")
+    print(f"deepmir qsm: {msg} on {dev}; wrote {args.output} and {side.name}", file=sys.stderr)
     return 0
 
 
@@ -214,9 +277,8 @@ def run_qsm_run(args) -> int:
     from deepmir.qsm.pipeline import DEFAULTS, reconstruct
 
     torch.set_num_threads(max(int(args.threads), 1))
-    _check_options(outputs=_given(args, "chi", "r2s", "field", "chi_tkd", "total_field"),
-                   positive=_given(args, "lambda", "tkd_threshold", "pdf_tol", "vsharp_max_radius_mm",
-                                   "smv_radius_mm"),
+    _check_options(outputs=_given(args, "chi", "r2s", "field", "chi_tkd", "chi_cfl2", "total_field"),
+                   positive=_given(args, "tkd_threshold", "pdf_tol", "vsharp_max_radius_mm", "smv_radius_mm"),
                    nonnegative=_given(args, "lambda_csf", "csf_r2s_threshold", "mask_erode_mm"))
     te, b0, sign, meta_dir = _read_meta(args.json)
     mag, phase, aff = _load_echoes(args, te.size)
@@ -233,11 +295,15 @@ def run_qsm_run(args) -> int:
     except ValueError as err:
         raise InputError(args.mag, str(err))
     outs = [(args.chi, res["chi"], aff), (args.r2s, res["r2s"], aff),
-            (args.field, res["local_field"], aff), (args.chi_tkd, res["chi_tkd"], aff)]
+            (args.field, res["local_field"], aff), (args.chi_tkd, res["chi_tkd"], aff),
+            (args.chi_cfl2, res["chi_cfl2"], aff)]
     if args.total_field:
         outs.append((args.total_field, res["total_field"], aff))
+    info = dict(res["info"], echo_spacing=res["delta_te"], field_strength=b0,
+                timings_s={k: round(v, 2) for k, v in res["timings"].items()}, unit="ppm",
+                settings={k: params.get(k, DEFAULTS[k]) for k in DEFAULTS})
     with niio.together():
-        _write_all(outs)
+        _write_all(outs, [(sidecar_path(args.chi), info)])
         if args.qc:
             chi = res["chi"]
             r = np.percentile(np.abs(chi[res["mask"]]), 99) if res["mask"].any() else 0.2
@@ -247,6 +313,7 @@ def run_qsm_run(args) -> int:
                               ("local field (ppm)", f, -fr, fr, "gray"),
                               ("R2* (1/s)", res["r2s"], 0, 80, "magma")],
                     f"QSM {Path(args.chi).name}")
+    _print_lambda(info, "deepmir qsm-run")
     return 0
 
 
@@ -288,11 +355,19 @@ def _common(p):
 
 
 def _inversion_opts(p, workflow: bool):
+    """The dipole-inversion options shared by ``qsm`` and ``qsm-run`` (defaults: ``qsm``
+    shows the pipeline's; ``qsm-run`` leaves them unset so the workflow's config decides)."""
     from deepmir.qsm.defaults import DEFAULTS as D
 
     d = (lambda k: None) if workflow else (lambda k: D[k])
-    p.add_argument("--lambda", dest="lam" if not workflow else "lambda", type=float,
-                   default=d("lambda"), help=f"MEDI data-term weight (default {D['lambda']})")
+    p.add_argument("--lambda", dest="lam" if not workflow else "lambda", type=_lambda_arg,
+                   default=d("lambda"),
+                   help="MEDI data-term weight (toolbox units) or auto: chosen per dataset at "
+                        "the L-curve corner of the closed-form L2 inversion (docs/qsm.md; "
+                        f"default {D['lambda']})")
+    p.add_argument("--lambda-factor", dest="lambda_factor", type=float,
+                   default=d("lambda_factor"),
+                   help=f"factor κ of the auto rule (default {D['lambda_factor']})")
     p.add_argument("--smv-radius" if not workflow else "--smv-radius-mm",
                    dest="smv_radius" if not workflow else "smv_radius_mm", type=float,
                    default=0.0 if not workflow else None,
@@ -303,6 +378,17 @@ def _inversion_opts(p, workflow: bool):
                         f"(default {'on' if D['merit'] else 'off'})")
     p.add_argument("--tkd-threshold", dest="tkd_threshold", type=float,
                    default=d("tkd_threshold"), help="TKD truncation of |D| (default 0.19)")
+    p.add_argument("--edge-mm", dest="edge_mm", type=float, default=d("edge_mm"),
+                   help="data weights fall as (distance to the mask edge / this)² inside this "
+                        f"distance (mm; 0: off; default {D['edge_mm']})")
+    p.add_argument("--missing-weight", dest="missing_weight", type=float,
+                   default=d("missing_weight"),
+                   help="regions whose normalised data weight is below this (touching the "
+                        "mask edge, or --missing-min-mm3 large) are missing data (MEDI fills "
+                        f"them in; default {D['missing_weight']})")
+    p.add_argument("--missing-min-mm3", dest="missing_min_mm3", type=float,
+                   default=d("missing_min_mm3"),
+                   help=f"see --missing-weight (default {D['missing_min_mm3']:g})")
 
 
 def register(sub):
@@ -315,15 +401,26 @@ def register(sub):
     p.add_argument("--field-unit", required=True, choices=FIELD_UNITS,
                    help="ppm, hz, or rad (phase accumulated over --te)")
     p.add_argument("--mask", required=True, help="brain mask NIfTI on the same grid")
-    p.add_argument("--magnitude", help="magnitude NIfTI (3D or 4D echoes) for MEDI's edge mask")
+    p.add_argument("--magnitude",
+                   help="magnitude NIfTI (3D or 4D echoes): MEDI's edge mask, and the data "
+                        "weights (noise ∝ 1/magnitude) when there is no --noise-std")
+    p.add_argument("--noise-std", dest="noise_std",
+                   help="noise map of the field NIfTI (any unit; e.g. the multi-echo fit's): "
+                        "the data weights are 1/noise")
+    p.add_argument("--csf-mask", dest="csf_mask",
+                   help="CSF mask NIfTI: MEDI+0 (χ regularised to be uniform there and "
+                        "referenced to its mean)")
     p.add_argument("--b0", type=float, default=3.0, help="field strength in T (default 3)")
     p.add_argument("--te", type=float, default=0.025,
                    help="echo time / spacing in s: the rad unit, and MEDI's ΔTE (default 0.025)")
     p.add_argument("--field-sign", type=int, choices=(1, -1), default=1,
                    help="multiply the field by this first (-1 for tools with the opposite sign)")
-    p.add_argument("--method", choices=("medi", "tkd"), default="medi")
+    p.add_argument("--method", choices=("medi", "tkd", "cfl2"), default="medi",
+                   help="medi (default), tkd, or cfl2 (closed-form L2 at its L-curve corner)")
     _inversion_opts(p, workflow=False)
-    p.add_argument("--output", required=True, help="χ map to write (ppm, paramagnetic > 0)")
+    p.add_argument("--output", required=True,
+                   help="χ map to write (ppm, paramagnetic > 0); its JSON sidecar (same name, "
+                        ".json) records λ and how it was chosen")
     _common(p)
     p.set_defaults(func=run_qsm)
 
@@ -332,16 +429,19 @@ def register(sub):
     r.add_argument("--phase", required=True, help="wrapped phase in radians (4D)")
     r.add_argument("--json", required=True, help="MEGRE.json of the inputs stage")
     r.add_argument("--mask", required=True)
-    r.add_argument("--chi", required=True)
+    r.add_argument("--chi", required=True,
+                   help="χ output; its JSON sidecar records λ, iterations and the settings")
     r.add_argument("--r2s", required=True)
     r.add_argument("--field", required=True, help="local field output (ppm)")
     r.add_argument("--total-field", help="optional: unwrapped total field output (ppm)")
     r.add_argument("--chi-tkd", dest="chi_tkd",
                    help="optional: TKD susceptibility map of the same local field (ppm)")
+    r.add_argument("--chi-cfl2", dest="chi_cfl2",
+                   help="optional: closed-form L2 map of the same local field (ppm)")
     r.add_argument("--qc", help="optional QC PNG")
     r.add_argument("--unwrap", choices=("laplacian", "region_growing"))
     r.add_argument("--background", choices=("pdf", "vsharp"))
-    r.add_argument("--inversion", choices=("medi", "tkd"))
+    r.add_argument("--inversion", choices=("medi", "tkd", "cfl2"))
     _inversion_opts(r, workflow=True)
     r.add_argument("--smv", action=argparse.BooleanOptionalAction, default=None)
     r.add_argument("--csf", action=argparse.BooleanOptionalAction, default=None,
@@ -353,12 +453,15 @@ def register(sub):
     r.add_argument("--csf-r2s-threshold", dest="csf_r2s_threshold", type=float)
     r.add_argument("--mask-erode-mm", dest="mask_erode_mm", type=float,
                    help="erode the brain mask by this radius (mm) for background removal and "
-                        "dipole inversion (default 4.5)")
+                        "dipole inversion (default 0)")
     r.add_argument("--pdf-tol", dest="pdf_tol", type=float)
     r.add_argument("--pdf-max-iter", dest="pdf_max_iter", type=int)
     r.add_argument("--vsharp-max-radius-mm", dest="vsharp_max_radius_mm", type=float)
     r.add_argument("--medi-max-iter", dest="medi_max_iter", type=int)
     r.add_argument("--medi-cg-max-iter", dest="medi_cg_max_iter", type=int)
+    r.add_argument("--medi-precondition", dest="medi_precondition",
+                   action=argparse.BooleanOptionalAction, default=None,
+                   help="k-space preconditioned CG in MEDI (default on)")
     _common(r)
     r.set_defaults(func=run_qsm_run)
 

@@ -149,11 +149,13 @@ def unembed(y: torch.Tensor, sl, full_shape) -> torch.Tensor:
 
 # ---------------------------------------------------------------- conjugate gradients
 def cg(apply_a, b: torch.Tensor, tol: float, max_iter: int, x0: torch.Tensor | None = None,
-       replace_every: int = 50):
+       replace_every: int = 50, precond=None):
     """Conjugate gradients for a symmetric positive (semi-)definite operator as MEDI's
     ``cgsolve``: stop when ‖r‖ ≤ tol·‖b‖ or after ``max_iter`` iterations; every
     ``replace_every``-th iteration the recursive residual is replaced by b − A x (one more
     operator application); the iterate with the smallest residual is returned.
+    ``precond``: optional symmetric positive definite M ≈ A⁻¹ (a function), giving
+    preconditioned CG with the same stopping rule on the unpreconditioned residual.
     Returns ``(x, iterations, relative residual of that iterate)``."""
     bnorm2 = float(torch.vdot(b.reshape(-1), b.reshape(-1)).real)
     if bnorm2 == 0.0:
@@ -164,26 +166,38 @@ def cg(apply_a, b: torch.Tensor, tol: float, max_iter: int, x0: torch.Tensor | N
     else:
         x = x0.clone()
         r = b - apply_a(x)
-    p = r.clone()
-    rr = float(torch.vdot(r.reshape(-1), r.reshape(-1)).real)
+
+    def dot(u, v):
+        return float(torch.vdot(u.reshape(-1), v.reshape(-1)).real)
+
+    z = r if precond is None else precond(r)
+    p = z.clone()
+    rr = dot(r, r)
+    rz = rr if precond is None else dot(r, z)
     best, best_rr = x, rr
     it = 0
     target = tol * tol * bnorm2
     while it < max_iter and rr > target:
         ap = apply_a(p)
-        pap = float(torch.vdot(p.reshape(-1), ap.reshape(-1)).real)
+        pap = dot(p, ap)
         if pap <= 0:
             break
-        alpha = rr / pap
+        alpha = rz / pap
         x = torch.add(x, p, alpha=alpha)    # a new tensor: the best iterate is kept by reference
         if replace_every and (it + 1) % replace_every == 0:
             r = b - apply_a(x)
         else:
             r.sub_(ap, alpha=alpha)
         del ap
-        rr_new = float(torch.vdot(r.reshape(-1), r.reshape(-1)).real)
-        torch.add(r, p, alpha=rr_new / rr, out=p)     # p = r + β p in one pass
-        rr = rr_new
+        rr = dot(r, r)
+        if precond is None:
+            rz_new = rr
+            torch.add(r, p, alpha=rz_new / rz, out=p)     # p = r + β p in one pass
+        else:
+            z = precond(r)
+            rz_new = dot(r, z)
+            torch.add(z, p, alpha=rz_new / rz, out=p)
+        rz = rz_new
         it += 1
         if rr < best_rr:
             best, best_rr = x, rr

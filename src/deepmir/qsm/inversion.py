@@ -16,7 +16,7 @@ import torch
 from scipy import ndimage
 
 from deepmir import GAMMA_BAR_HZ_PER_T
-from deepmir.dipole import dipole_kernel
+from deepmir.dipole import dipole_kernel, kspace_grid
 
 from ._torch import (as_float, bbox, cg, check_voxel_size, fgrad, fgrad_adj, padded_grid,
                      embed, unembed, resolve_device, sphere_ball, to_numpy)
@@ -38,12 +38,20 @@ def dataterm_weight(noise_std: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
 
 
 def gradient_weight(magnitude: torch.Tensor, mask: torch.Tensor, voxel_size,
-                    percentage: float = 0.9):
+                    percentage: float = 0.9, mask_edges: bool = True, missing=None):
     """MEDI ``gradient_mask`` mode 1: per-direction binary weights, 1 where the gradient of
     magnitude·mask is small. The threshold is set so that the number of gradient components
     (all three directions together) above it equals ``percentage`` × the number of mask
-    voxels (MEDI finds the same level by ±5 % steps; here it is taken exactly)."""
+    voxels (MEDI finds the same level by ±5 % steps; here it is taken exactly).
+
+    ``mask_edges`` False: a difference between a mask voxel and one outside it is not an
+    edge (the toolbox counts the mask boundary as one, so nothing regularises χ in the
+    outermost voxels). ``missing``: bool voxels whose data are missing; every difference
+    that touches one is regularised (weight 1), so χ there is filled in from around."""
     g = fgrad(magnitude * mask, voxel_size)
+    if not mask_edges:
+        crossing = fgrad(mask, voxel_size)
+        g = tuple(torch.where(ci != 0, torch.zeros_like(gi), gi) for gi, ci in zip(g, crossing))
     allg = torch.cat([gi.abs().reshape(-1) for gi in g])
     n_above = int(round(percentage * float(mask.sum())))
     n_above = min(max(n_above, 0), allg.numel() - 1)
@@ -51,7 +59,16 @@ def gradient_weight(magnitude: torch.Tensor, mask: torch.Tensor, voxel_size,
         thr = float(allg.max())
     else:
         thr = float(torch.topk(allg, n_above + 1).values[-1])
-    return tuple((gi.abs() <= thr).to(magnitude.dtype) for gi in g)
+    out = []
+    for ax, gi in enumerate(g):
+        wi = (gi.abs() <= thr).to(magnitude.dtype)
+        if missing is not None:
+            n = missing.shape[ax]
+            touch = missing.clone()
+            touch.narrow(ax, 0, n - 1).logical_or_(missing.narrow(ax, 1, n - 1))
+            wi = torch.where(touch, torch.ones_like(wi), wi)
+        out.append(wi)
+    return tuple(out)
 
 
 def erode_mask(mask, voxel_size, radius_mm: float) -> np.ndarray:
@@ -163,6 +180,26 @@ def _tv_apply(x: torch.Tensor, coef, out: torch.Tensor, tmp=None) -> torch.Tenso
     return out
 
 
+def _circulant_precond(conv, coef, w2l, msk, voxel_size):
+    """M ≈ A⁻¹ for MEDI's Gauss–Newton operator A = ∇ᵀC∇ + Dᵀ(2λW²)D: the shift-invariant
+    operator with C and 2λW² replaced by their means over the mask, inverted in k-space
+    (two FFTs per application; A's constant null space is left alone)."""
+    grid = conv.grid
+    ks = kspace_grid(grid, voxel_size, rfft=True, device=w2l.device, dtype=w2l.dtype)
+    spec = float(w2l[msk].mean()) * conv.d.real ** 2
+    for k, h, c in zip(ks, voxel_size, coef):
+        spec = spec + float(c[msk].mean()) * (2.0 - 2.0 * torch.cos(2 * np.pi * k * float(h)))
+    inv = torch.where(spec > 0, 1.0 / spec.clamp_min(1e-30), torch.zeros_like(spec))
+    inv = inv.to(conv.d.dtype).contiguous()
+
+    def apply(r):
+        conv.n_fft += 2
+        rk = torch.fft.rfftn(r)
+        rk.mul_(inv)
+        return torch.fft.irfftn(rk, s=grid)
+    return apply
+
+
 def medi_l1(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None,
             noise_std=None, b0_tesla: float = 3.0, delta_te: float = 0.0075,
             lam: float = 1000.0, smv: bool = False, smv_radius_mm: float = 5.0,
@@ -170,7 +207,8 @@ def medi_l1(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude
             percentage: float = 0.9, max_iter: int = 10, tol_norm_ratio: float = 0.1,
             cg_max_iter: int = 100, cg_tol: float = 0.01, eps: float = 1e-6,
             margin: int = 8, fft: str = "real", dtype=torch.float32, device=None,
-            verbose: bool = False) -> dict:
+            verbose: bool = False, mask_edges: bool = True, missing=None,
+            precondition: bool = False) -> dict:
     """MEDI-L1 dipole inversion.
 
     Minimises ‖M_G ∇χ‖₁ + λ‖W(e^{iDχ} − e^{if})‖²₂ (+ λ_CSF‖M_CSF(χ − mean_CSF χ)‖²₂ for
@@ -191,9 +229,18 @@ def medi_l1(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude
     (rfftn, half the work) or "complex" (MEDI's fftn; same result to rounding);
     ``dtype``: torch.float32 (default) or torch.float64.
 
+    Additions to the toolbox (defaults off, i.e. the toolbox's behaviour): ``mask_edges``
+    False: the mask boundary is no edge of the morphology mask (:func:`gradient_weight`);
+    ``missing``: bool voxels without usable data (see ``.weights.missing_voxels``), filled
+    in by the regulariser (the morphology mask is 1 around them); ``precondition``:
+    CG preconditioned by the shift-invariant approximation of each Gauss–Newton operator
+    (:func:`_circulant_precond`; the same solution in about half the CG iterations).
+
     Returns ``{"chi": ppm (X, Y, Z) zero outside the (possibly eroded) mask, "mask": that
-    mask, "iterations", "cg_iterations" (list), "ratios" (‖dχ‖/‖χ‖ per step), "n_fft"
-    (FFTs done, forward and inverse counted one each), "grid", "seconds", "badpoint"}``.
+    mask, "iterations", "cg_iterations" (list), "cg_residuals" (relative residual reached
+    in each step), "ratios" (‖dχ‖/‖χ‖ per step), "n_fft" (FFTs done, forward and inverse
+    counted one each), "grid", "seconds", "badpoint", "misfit_ppm" (weighted rms of
+    Dχ − f over the mask, noise-map weights)}``.
     """
     t0 = time.perf_counter()
     vs = check_voxel_size(voxel_size)
@@ -229,9 +276,10 @@ def medi_l1(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude
         if csf is not None:
             csf = csf & msk
     mf = msk.to(dtype)
-    w = dataterm_weight(tempn, msk)
+    w = w_noise = dataterm_weight(tempn, msk)
     w2l = (2.0 * lam) * w * w          # 2λ W², applied between the two convolutions
-    wg = gradient_weight(mag, mf, vs, percentage)
+    miss = None if missing is None else (put(np.asarray(missing) != 0) > 0) & msk
+    wg = gradient_weight(mag, mf, vs, percentage, mask_edges, miss)
     if csf is not None and not bool(csf.any()):
         csf = None
     csf_f = None if csf is None else csf.to(dtype)
@@ -248,7 +296,7 @@ def medi_l1(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude
     tmp = [torch.empty(tuple(n - (a == ax) for a, n in enumerate(grid)), dtype=dtype,
                        device=dev) for ax in range(3)]
     x = torch.zeros(grid, dtype=dtype, device=dev)
-    cg_its, ratios = [], []
+    cg_its, ratios, cg_res = [], [], []
     it = 0
     ratio = np.inf
     n_std_cur = n_std.clone()
@@ -256,6 +304,8 @@ def medi_l1(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude
     while ratio > tol_norm_ratio and it < max_iter:
         it += 1
         coef = _tv_weights(x, wg, vs, eps)
+
+        pc = _circulant_precond(conv, coef, w2l, msk, vs) if precondition else None
 
         def apply_a(dx, coef=coef, w2l=w2l):
             r = conv(conv(dx, d).mul_(w2l), d)
@@ -268,7 +318,8 @@ def medi_l1(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude
         b.add_(_tv_apply(x, coef, buf, tmp))
         if csf_f is not None:
             add_p_csf(b, x, lam_csf)
-        dx, n_cg, _ = cg(apply_a, b.neg_(), cg_tol, cg_max_iter)
+        dx, n_cg, rel_cg = cg(apply_a, b.neg_(), cg_tol, cg_max_iter, precond=pc)
+        cg_res.append(rel_cg)
         cg_its.append(n_cg)
         xn = float(torch.linalg.vector_norm(x))
         ratio = float(torch.linalg.vector_norm(dx)) / xn if xn > 0 else np.inf
@@ -276,7 +327,7 @@ def medi_l1(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude
         x.add_(dx)
         del dx, b
         if verbose:
-            print(f"medi: iter {it} cg {n_cg} ratio {ratio:.3g}")
+            print(f"medi: iter {it} cg {n_cg} (relative residual {rel_cg:.3g}) ratio {ratio:.3g}")
         if merit:
             dxx = conv(x, d)
             wres_c = torch.polar(w, dxx) - torch.polar(w, f)
@@ -294,6 +345,11 @@ def medi_l1(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude
                 w = dataterm_weight(tempn, msk)
                 w2l = (2.0 * lam) * w * w
 
+    # the weighted rms misfit of the result (ppm, noise-map weights, small angle): what the
+    # discrepancy principle would compare with the noise level
+    r2 = (torch.polar(torch.ones_like(f), conv(x, d))
+          - torch.polar(torch.ones_like(f), f)).abs().square_()
+    misfit = float(torch.sqrt((w_noise * w_noise * r2)[msk].mean())) / scale
     chi = x / scale * mf
     if csf is not None:
         chi = (chi - chi[csf].mean()) * mf
@@ -301,9 +357,9 @@ def medi_l1(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude
     out_mask = to_numpy(unembed(msk, sl, full_shape))
     bad = to_numpy(unembed(badpoint, sl, full_shape))
     return {"chi": out_chi.astype(np.float32), "mask": out_mask.astype(bool),
-            "iterations": it, "cg_iterations": cg_its, "ratios": ratios,
+            "iterations": it, "cg_iterations": cg_its, "cg_residuals": cg_res, "ratios": ratios,
             "n_fft": conv.n_fft, "grid": tuple(grid),
-            "seconds": time.perf_counter() - t0, "badpoint": bad}
+            "seconds": time.perf_counter() - t0, "badpoint": bad, "misfit_ppm": misfit}
 
 
 def tkd(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), threshold: float = 0.19,

@@ -1,7 +1,11 @@
 """The whole QSM chain on arrays: multi-echo field fit → spatial unwrapping → ppm →
-background removal → dipole inversion (MEDI-L1 or TKD), plus R2* and the MEDI+0 CSF mask.
+background removal → dipole inversion (MEDI-L1, with the closed-form baselines TKD and CFL2
+of the same local field), plus R2* and the MEDI+0 CSF mask.
 
-``DEFAULTS`` are the workflow's defaults (the same as ``workflow/schemas/qsm.schema.yaml``).
+:func:`invert` is the dipole-inversion stage on its own (a local field, a mask, a noise map
+or a magnitude): the workflow's :func:`reconstruct` and ``deepmir qsm --field`` both call it,
+so that the same local field and mask give the same χ. ``DEFAULTS`` are the workflow's
+defaults (the same as ``workflow/schemas/qsm.schema.yaml``).
 """
 from __future__ import annotations
 
@@ -13,9 +17,12 @@ import torch
 from deepmir import GAMMA_BAR_HZ_PER_T
 
 from .background import pdf, vsharp
+from .cfl2 import cfl2
 from .fit import fit_multi_echo, r2star_map
-from .inversion import erode_mask, extract_csf_mask, medi_l1, tkd
+from .inversion import erode_mask, extract_csf_mask, medi_l1, ppm_to_rad, tkd
+from .lambda_rule import lcurve_lambda
 from .unwrap import unwrap_laplacian, unwrap_region_growing
+from .weights import effective_noise, missing_voxels
 
 from deepmir.qsm.defaults import DEFAULTS  # noqa: E402  (torch-free, for the CLI)
 from deepmir.device import pick_device
@@ -45,6 +52,82 @@ def inflate_noise(noise_std, relres, mask) -> np.ndarray:
     return (noise_std * np.sqrt(np.maximum(rr / ref, 1.0))).astype(np.float32)
 
 
+def _referenced(chi, csf, mask):
+    """χ referenced to its mean over the CSF mask (MEDI+0's reference), 0 outside ``mask``."""
+    if csf is not None and csf.any():
+        return ((chi - chi[csf].mean()) * mask).astype(np.float32)
+    return (chi * mask).astype(np.float32)
+
+
+def invert(local_field, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None,
+           noise_std=None, csf_mask=None, b0_tesla: float = 3.0, delta_te: float = 0.0075,
+           params: dict | None = None, device=None) -> dict:
+    """Dipole inversion of a local field (ppm) on ``mask``: MEDI-L1 (or TKD / CFL2 alone,
+    ``params["inversion"]``) and, beside it, TKD and CFL2 of the same field.
+
+    ``noise_std``: the field's noise (any unit; None: uniform); the data weights are
+    1/noise lowered towards the mask edge (``edge_mm``, :mod:`.weights`), and regions whose
+    normalised weight is below ``missing_weight`` (touching the edge, or ``missing_min_mm3``
+    and larger) are missing data (MEDI fills them in; TKD and CFL2 take their field as 0).
+    ``magnitude`` drives MEDI's morphology mask.
+    ``csf_mask``: MEDI+0 (every map is then referenced to mean χ in it). λ:
+    ``params["lambda"]`` or, for "auto", the L-curve rule of :mod:`.lambda_rule` on the
+    CFL2 map. ``delta_te`` (s) and ``b0_tesla`` give λ its MEDI (radian) unit.
+
+    Returns float32 maps ``chi``, ``chi_tkd``, ``chi_cfl2`` (ppm, 0 outside ``mask``),
+    ``mask`` (where χ is defined; smaller than ``mask`` only with MEDI's smv), ``weight_mask``
+    (the voxels with data, bool) and ``info`` (λ and how it was chosen, iterations).
+    """
+    p = dict(DEFAULTS)
+    p.update(params or {})
+    dev = pick_device(device) if not isinstance(device, torch.device) else device
+    m = np.asarray(mask) != 0
+    if not m.any():
+        raise ValueError("the mask is empty")
+    f = np.where(m, np.nan_to_num(np.asarray(local_field, np.float32)), 0).astype(np.float32)
+    noise = m.astype(np.float32) if noise_std is None else np.asarray(noise_std, np.float32)
+    noise_eff = effective_noise(noise, m, voxel_size, float(p["edge_mm"]))
+    have = m & ~missing_voxels(noise_eff, m, voxel_size, float(p["missing_weight"]),
+                               float(p["missing_min_mm3"]))
+    csf = None if csf_mask is None or not np.any(csf_mask) else (np.asarray(csf_mask) != 0) & m
+    info = {"inversion": p["inversion"], "missing_fraction": float(1 - have.sum() / m.sum())}
+
+    c2 = cfl2(f * have, m, voxel_size, b0_dir, device=dev)
+    info.update(cfl2_alpha_mm2=c2["alpha"])
+    chi_cfl2 = _referenced(c2["chi"], csf, m)
+    chi_tkd = _referenced(tkd(f * have, m, voxel_size, b0_dir, threshold=p["tkd_threshold"],
+                              device=dev), csf, m)
+    chi, m_final = {"tkd": chi_tkd, "cfl2": chi_cfl2}.get(p["inversion"]), m
+    if p["inversion"] == "medi":
+        if p["lambda"] == "auto":
+            rule = lcurve_lambda(c2["chi"], c2["alpha"], m, voxel_size, delta_te, b0_tesla,
+                                 float(p["lambda_factor"]))
+            lam = rule["lambda"]
+            info.update(lambda_rule="lcurve", lambda_ppm=rule["lambda_ppm"],
+                        lambda_factor=rule["factor"],
+                        cfl2_gradient_ppm_per_mm=rule["gradient_ppm_per_mm"])
+        else:
+            lam = float(p["lambda"])
+            info.update(lambda_rule="fixed", lambda_ppm=lam * ppm_to_rad(delta_te, b0_tesla))
+        info["lambda"] = lam
+        res = medi_l1(f, m, voxel_size, b0_dir, magnitude=magnitude, noise_std=noise_eff,
+                      b0_tesla=b0_tesla, delta_te=delta_te, lam=lam, smv=p["smv"],
+                      smv_radius_mm=p["smv_radius_mm"], merit=p["merit"], csf_mask=csf,
+                      lam_csf=p["lambda_csf"], max_iter=int(p["medi_max_iter"]),
+                      cg_max_iter=int(p["medi_cg_max_iter"]), mask_edges=False,
+                      missing=m & ~have,
+                      precondition=bool(p["medi_precondition"]), device=dev)
+        chi, m_final = res["chi"], res["mask"]
+        info.update(medi_iterations=res["iterations"], medi_cg=res["cg_iterations"],
+                    medi_fft=res["n_fft"], medi_grid=list(res["grid"]),
+                    medi_seconds=round(res["seconds"], 2),
+                    medi_misfit_ppm=res["misfit_ppm"])
+    elif chi is None:
+        raise ValueError(f"unknown dipole inversion {p['inversion']!r}")
+    return {"chi": chi.astype(np.float32), "chi_tkd": chi_tkd, "chi_cfl2": chi_cfl2,
+            "mask": m_final.astype(bool), "weight_mask": have, "info": info}
+
+
 def reconstruct(mag, phase, te, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0),
                 b0_tesla: float = 3.0, phase_sign: int = 1, params: dict | None = None,
                 device=None, log=print) -> dict:
@@ -54,11 +137,13 @@ def reconstruct(mag, phase, te, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0),
     times (s); ``mask``: brain mask; ``voxel_size`` mm; ``b0_dir`` unit vector in array
     axes; ``phase_sign`` ±1 (see docs/conventions.md); ``params``: overrides of
     ``DEFAULTS``. Returns a dict of float32 arrays ``chi`` (ppm), ``local_field`` (ppm),
-    ``total_field`` (ppm, unwrapped, before background removal), ``noise_std`` (ppm),
-    ``r2s`` (s⁻¹), ``mask`` (final, bool: the brain mask eroded by ``mask_erode_mm``, and by
-    MEDI's SMV when on), ``chi_tkd`` (TKD of the same local field, ppm), ``csf_mask`` (bool)
-    and ``timings`` (s per stage)
-    plus ``info`` (iterations etc.).
+    ``total_field`` (ppm, unwrapped, before background removal), ``noise_std`` (ppm, the
+    noise map the inversion weights by before its edge treatment), ``r2s`` (s⁻¹),
+    ``local_mask`` (bool, where the local field is defined: the brain mask, eroded by
+    ``mask_erode_mm`` when set, and by V-SHARP), ``mask`` (final, bool: ``local_mask``, also
+    eroded by MEDI's SMV when on), ``chi_tkd`` and ``chi_cfl2`` (the closed-form baselines of
+    the same local field, ppm), ``csf_mask`` (bool), ``magnitude`` (root sum of squares over
+    echoes), ``timings`` (s per stage) plus ``info`` (iterations, λ and how it was chosen).
     """
     p = dict(DEFAULTS)
     p.update(params or {})
@@ -98,8 +183,8 @@ def reconstruct(mag, phase, te, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0),
     r2s = np.clip(r2s, 0, 1000).astype(np.float32)
     timings["r2star"] = time.perf_counter() - t
 
-    # the QSM mask: the brain mask eroded by mask_erode_mm (the field at the brain surface is
-    # not the mean field of the voxel: intra-voxel dephasing next to bone and air)
+    # the QSM mask: the brain mask, eroded by mask_erode_mm when set (0 by default: the edge
+    # is weighted down in the inversion instead, see .weights)
     m_q = erode_mask(m, voxel_size, float(p["mask_erode_mm"]))
     if not m_q.any():
         raise ValueError(f"the brain mask is empty after eroding it by {p['mask_erode_mm']} mm")
@@ -123,32 +208,20 @@ def reconstruct(mag, phase, te, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0),
         info["csf_voxels"] = int(csf.sum())
 
     t = time.perf_counter()
-    if p["inversion"] == "medi":
-        res = medi_l1(local, m_local, voxel_size, b0_dir, magnitude=imag, noise_std=noise,
-                      b0_tesla=b0_tesla, delta_te=dt, lam=p["lambda"], smv=p["smv"],
-                      smv_radius_mm=p["smv_radius_mm"], merit=p["merit"],
-                      csf_mask=csf if csf.any() else None, lam_csf=p["lambda_csf"],
-                      max_iter=int(p["medi_max_iter"]), cg_max_iter=int(p["medi_cg_max_iter"]),
-                      device=dev)
-        chi, m_final = res["chi"], res["mask"]
-        info.update(medi_iterations=res["iterations"], medi_cg=res["cg_iterations"],
-                    medi_fft=res["n_fft"], medi_grid=res["grid"])
-    elif p["inversion"] != "tkd":
-        raise ValueError(f"unknown dipole inversion {p['inversion']!r}")
+    inv = invert(local, m_local, voxel_size, b0_dir, magnitude=imag, noise_std=noise,
+                 csf_mask=csf if csf.any() else None, b0_tesla=b0_tesla, delta_te=dt,
+                 params=p, device=dev)
     timings["inversion"] = time.perf_counter() - t
-    # TKD of the same local field (the closed-form baseline; referenced like MEDI+0)
-    t = time.perf_counter()
-    chi_tkd = tkd(local, m_local, voxel_size, b0_dir, threshold=p["tkd_threshold"], device=dev)
-    if csf.any():
-        chi_tkd = (chi_tkd - chi_tkd[csf].mean()) * m_local
-    timings["tkd"] = time.perf_counter() - t
-    if p["inversion"] == "tkd":
-        chi, m_final = chi_tkd, m_local
+    info.update(inv["info"])
     if log:
         log("qsm: " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items())
-            + f" on {dev}; " + ", ".join(f"{k}={v}" for k, v in info.items()))
-    return {"chi": chi.astype(np.float32), "chi_tkd": chi_tkd.astype(np.float32),
-            "local_field": (local * m_local).astype(np.float32),
+            + f" on {dev}; " + ", ".join(f"{k}={_fmt(v)}" for k, v in info.items()))
+    return {"chi": inv["chi"], "chi_tkd": inv["chi_tkd"], "chi_cfl2": inv["chi_cfl2"],
+            "local_field": (local * m_local).astype(np.float32), "local_mask": m_local,
             "total_field": total, "noise_std": noise * m, "r2s": r2s * m,
-            "mask": m_final.astype(bool), "csf_mask": csf, "timings": timings, "info": info,
-            "delta_te": dt}
+            "mask": inv["mask"], "csf_mask": csf, "magnitude": imag.astype(np.float32),
+            "timings": timings, "info": info, "delta_te": dt}
+
+
+def _fmt(v):
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

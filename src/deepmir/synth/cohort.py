@@ -13,6 +13,8 @@ from scipy import ndimage as ndi
 from deepmir import GAMMA_BAR_HZ_PER_T, niio, regions
 from deepmir.dipole import b0_direction, dipole_field, voxel_sizes
 from deepmir.synth import anatomy as A
+from deepmir.synth import tissue as T
+from deepmir.synth import vessels as V
 from deepmir.synth.phantom import LABEL_OF_CLASS, draw_participant, render, rigid
 
 # per tissue (index = label): χ in ppm (method.md §7, air +9.2 relative to tissue), GRE proton
@@ -33,8 +35,39 @@ def participant_ids(n: int) -> list[str]:
     return [f"sub-{i + 1:03d}" for i in range(n)]
 
 
-def participant_rng(seed: int, index: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), int(index)])
+def participant_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
+    """The random stream of a participant: 0 anatomy, lesions, pose, noise (the original
+    stream), 2 tissue realism (texture, fibres, veins), 3 receive coil."""
+    key = [int(seed), int(index)] + ([int(stream)] if stream else [])
+    return np.random.default_rng(key)
+
+
+def _tissue_realism(cfg, rng, p, r, props, sim_shape, fine, pose, o, vs, b0dir, brain_f):
+    """Texture and veins (into ``props``, on the fine grid, in place) and the field of white
+    matter beyond scalar χ (returned on the block grid, ppm; None when both terms are 0)."""
+    tc = cfg["tissue"]
+    lesion = r.lesion > 0
+    if tc["texture"]:
+        tissue_big = r.tissue.reshape(sim_shape)[tuple(slice(k // 2, None, k) for k in o)]
+        tex = T.upsample(T.chi_texture(rng, tissue_big, vs), o).reshape(-1)
+        keep = brain_f.reshape(-1) & ~lesion
+        props["chi"][keep] += tex[keep]
+        del tex, keep
+    if tc["veins"]:
+        veins = V.draw_vessels(rng, A.head_model(), p.from_mni)
+        frac, vchi = V.vessel_fraction(veins, sim_shape, np.linalg.inv(pose) @ fine,
+                                       voxel_sizes(fine), exclude=lesion | (r.tissue == A.AIR))
+        sel = np.flatnonzero(frac)
+        f = frac[sel]
+        for k, blood in (("chi", vchi[sel]), ("r2s", V.R2S_BLOOD), ("m0", V.M0_BLOOD)):
+            props[k][sel] += f * (blood - props[k][sel])
+    if not (tc["anisotropy_ppm"] or tc["microstructure_ppm"]):
+        return None
+    wm = block_mean(np.isin(r.tissue, T.WHITE_MATTER).reshape(sim_shape), o)
+    n = T.fibre_directions(rng, wm, vs)
+    out = T.anisotropy_field(tc["anisotropy_ppm"] * wm, n, vs, b0dir)
+    out += T.microstructure_offset(tc["microstructure_ppm"], wm, n, b0dir)
+    return out
 
 
 # grids -------------------------------------------------------------------------------------
@@ -73,9 +106,15 @@ def gre_signal(m0, r2s, field_ppm, te, rad_per_s_per_ppm):
 def shim_field(coef, shape, affine):
     """Linear and second-order shim residual (ppm) on a grid; ``coef`` has 8 terms, with
     coordinates in units of 100 mm."""
-    x, y, z = (np.asarray(c, np.float32) / 100.0 for c in _world_axes(shape, affine))
-    terms = [x, y, z, x * y, y * z, x * z, x * x - y * y, 2 * z * z - x * x - y * y]
-    return sum(np.float32(c) * t for c, t in zip(coef, terms)).astype(np.float32)
+    x, y, z = (torch.as_tensor(np.asarray(c, np.float32) / np.float32(100.0))
+               for c in _world_axes(shape, affine))
+    c = [float(v) for v in coef]
+    # Σ c_i term_i, grouped: x(c0 + c3 y + c5 z + (c6 − c7) x) + y(c1 + c4 z − (c6 + c7) y)
+    # + z(c2 + 2 c7 z), in place (the terms x, y, z, xy, yz, xz, x²−y², 2z²−x²−y²)
+    out = (c[3] * y + c[5] * z).add_(x, alpha=c[6] - c[7]).add_(c[0]).mul_(x)
+    out.add_((c[4] * z).add_(y, alpha=-(c[6] + c[7])).add_(c[1]).mul_(y))
+    out.add_((2 * c[7] * z).add_(c[2]).mul_(z))
+    return np.ascontiguousarray(np.broadcast_to(out.numpy(), tuple(shape)), np.float32)
 
 
 def _world_axes(shape, affine):
@@ -160,11 +199,20 @@ def simulate(cfg: dict, seed: int, index: int) -> dict:
     props = property_maps(p, r)
     b0dir = b0_direction(fine)
     fvs = voxel_sizes(fine)
+    brain_f = np.isin(r.tissue, A.BRAIN_TISSUES).reshape(sim_shape)
+    # what real tissue adds (synth/tissue.py, synth/vessels.py), from a random stream of its
+    # own: the lesions and every draw of the main stream stay as they were
+    extra = _tissue_realism(cfg, participant_rng(seed, index, stream=2), p, r, props, sim_shape,
+                            fine, pose_gre, o, vs, b0dir, brain_f)
     chi = props["chi"].reshape(sim_shape)
     field = dipole_field(chi - CHI_AIR, fvs, b0dir, pad_factor=cfg["pad_factor"])
-    brain_f = np.isin(r.tissue, A.BRAIN_TISSUES).reshape(sim_shape)
     local = dipole_field(np.where(brain_f, chi, 0), fvs, b0dir, pad_factor=cfg["pad_factor"])
     total = field + shim_field(rng.normal(size=8) * cfg["shim_ppm"], sim_shape, fine)
+    if extra is not None:       # the non-scalar field of white matter (block grid → fine)
+        up = T.upsample(extra, o)
+        total += up
+        local += up
+        del up
 
     crop = tuple(slice(e, e + n) for e, n in zip(ext, shape))
     te = np.asarray(g["echo_times"], float)
@@ -175,10 +223,14 @@ def simulate(cfg: dict, seed: int, index: int) -> dict:
     slope = rng.normal(0, 0.3, 3)
     phi0 = np.broadcast_to(rng.uniform(-np.pi, np.pi) + slope[0] * gx + slope[1] * gy
                            + slope[2] * gz, shape).astype(np.float32)
-    signal = [block_mean_c(gre_signal(m0, r2s, total, t, g["phase_sign"] * omega), o)[crop]
-              * np.exp(1j * phi0).astype(np.complex64) for t in te]
     occupancy = block_mean(brain_f.astype(np.float32), o)[crop]
     brain = occupancy >= 0.5
+    coil = np.exp(1j * phi0).astype(np.complex64)
+    if cfg["tissue"]["coil_contrast"] > 0:
+        coil = coil * T.receive_profile(participant_rng(seed, index, stream=3), shape, aff,
+                                        brain, cfg["tissue"]["coil_contrast"])
+    signal = [block_mean_c(gre_signal(m0, r2s, total, t, g["phase_sign"] * omega), o)[crop]
+              * coil for t in te]
     sigma = np.abs(signal[0])[brain].mean() / g["snr"]
     noisy = [s + sigma * (rng.normal(size=shape) + 1j * rng.normal(size=shape)) / np.sqrt(2)
              for s in signal]

@@ -31,6 +31,14 @@ BASE = {
         "phase_sign": 1, "phase_encoding": "radians",
     },
     "anat": {"voxel_size": 1.5, "fov_mm": [176, 224, 200], "orientation": "RAS", "noise": 0.015},
+    # what real tissue adds to the GRE beyond piecewise-constant scalar χ (docs/qsm.md)
+    "tissue": {
+        "texture": True,             # χ texture inside every structure (synth/tissue.py)
+        "veins": True,               # dural sinuses, deep, pial and medullary veins
+        "anisotropy_ppm": 0.012,     # white-matter χ anisotropy χ∥ − χ⊥ (tensor field)
+        "microstructure_ppm": 0.005,  # white-matter frequency offset ε (sin²θ − 2/3)
+        "coil_contrast": 0.8,        # receive profile of a head array (0: uniform SNR)
+    },
     "lesions": {
         # [min, max, weight]: a bin is drawn by weight, then a count uniformly in [min, max]
         "cmb_count_bins": [[0, 0, 4], [1, 2, 13], [3, 8, 6], [120, 120, 1]],
