@@ -98,12 +98,14 @@ def _lambda_arg(text):
     if str(text).strip().lower() == "auto":
         return "auto"
     try:
-        v = float(text)
+        return float(text)      # its range is checked with the other options (one line, exit 2)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected auto or a positive number, got {text!r}")
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"λ must be positive, got {text!r}")
-    return v
+
+
+def _lambda_option(value, option="--lambda"):
+    """(option, value) for :func:`_check_options` when --lambda is a number."""
+    return () if value is None or value == "auto" else ((option, value),)
 
 
 def _print_lambda(info, prefix):
@@ -126,7 +128,7 @@ def run_qsm(args) -> int:
 
     torch.set_num_threads(max(int(args.threads), 1))
     _check_options(outputs=_given(args, "output"), nonnegative=_given(args, "smv_radius"),
-                   positive=_given(args, "b0", "te", "tkd_threshold"))   # --lambda: checked by its parser
+                   positive=_given(args, "b0", "te", "tkd_threshold") + _lambda_option(args.lam))
     if args.te > 1:
         raise InputError("--te", f"echo time is in seconds, got {args.te} (ms?)")
     for opt, v in (("--edge-mm", args.edge_mm), ("--missing-weight", args.missing_weight),
@@ -278,7 +280,8 @@ def run_qsm_run(args) -> int:
 
     torch.set_num_threads(max(int(args.threads), 1))
     _check_options(outputs=_given(args, "chi", "r2s", "field", "chi_tkd", "chi_cfl2", "total_field"),
-                   positive=_given(args, "tkd_threshold", "pdf_tol", "vsharp_max_radius_mm", "smv_radius_mm"),
+                   positive=_given(args, "tkd_threshold", "pdf_tol", "vsharp_max_radius_mm", "smv_radius_mm")
+                   + _lambda_option(getattr(args, "lambda")),
                    nonnegative=_given(args, "lambda_csf", "csf_r2s_threshold", "mask_erode_mm"))
     te, b0, sign, meta_dir = _read_meta(args.json)
     mag, phase, aff = _load_echoes(args, te.size)
