@@ -88,17 +88,18 @@ def patch_throughput(dev, amp, steps, warmup, cfg: LearnerConfig, modalities=2, 
     vols = [_random_volume(rng, 24, modalities, slice_size) for _ in range(2)]
     sampler = PatchSampler(vols, SamplerConfig(cfg.patch_size, cfg.context, cfg.fg_fraction, cfg.hard_fraction))
     in_ch = modalities * (2 * cfg.context + 1)
-    model = build_model(3, in_ch, cfg.model, seed=0).to(dev).train()
+    model = build_model(3, in_ch, cfg.model, seed=0).to(dev).to(memory_format=torch.channels_last).train()
     use_amp, dtype, use_scaler = amp_settings(dev, amp)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     scaler = torch.amp.GradScaler(dev.type, enabled=use_scaler)
 
     def step(i):
-        xb, yb = sampler.batch(np.random.default_rng([0, i]), cfg.batch_size)
-        xb, yb = torch.from_numpy(xb).to(dev), torch.from_numpy(yb).to(dev)
+        xb, yb, wb = sampler.batch(np.random.default_rng([0, i]), cfg.batch_size)
+        xb = torch.from_numpy(xb).to(dev).contiguous(memory_format=torch.channels_last)
+        yb, wb = torch.from_numpy(yb).to(dev), torch.from_numpy(wb).to(dev)
         with torch.autocast(device_type=dev.type, dtype=dtype, enabled=use_amp):
             logits = model(xb)
-        loss = dice_ce_loss(logits, yb)
+        loss = dice_ce_loss(logits, yb, cfg.dice_weight, cfg.fg_weight, wb)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)

@@ -10,7 +10,8 @@ import torch
 from deepmir import postprocess as pp
 from deepmir.evaluate import participant_metrics
 from deepmir.learner import LearnerConfig, dice_ce_loss, lr_at, train_patches, volume_probs
-from deepmir.patches import PatchSampler, SamplerConfig, context_slices, crop, false_positive_centres, find_lesions
+from deepmir.patches import (PatchSampler, SamplerConfig, context_slices, crop, false_positive_centres,
+                             find_lesions, lesion_weights)
 
 S, H = 8, 48
 
@@ -87,13 +88,26 @@ def test_sampler_oversamples_lesions_balanced_between_classes():
                 hits[k] += bool((lab == k).any())
     # 6 CMBs and one iron deposit, yet about as many patches on each class
     assert min(hits.values()) > 0.35 * sum(hits.values())
-    x, y = s.batch(np.random.default_rng(3), 8)
-    assert x.shape == (8, 6, 16, 16) and y.shape == (8, 16, 16)
-    x2, y2 = s.batch(np.random.default_rng(3), 8)
-    assert np.array_equal(x, x2) and np.array_equal(y, y2)
+    x, y, w = s.batch(np.random.default_rng(3), 8)
+    assert x.shape == (8, 6, 16, 16) and y.shape == w.shape == (8, 16, 16)
+    x2, y2, w2 = s.batch(np.random.default_rng(3), 8)
+    assert np.array_equal(x, x2) and np.array_equal(y, y2) and np.array_equal(w, w2)
+    assert np.isin(w[y == 0], (0, 1)).all() and (w[y > 0] > 0).all()   # 0: beyond the volume
     s.add_hard(0, np.array([[1, 10, 10], [2, 20, 20]]), capacity=1)
     assert s.hard == [(0, 2, 20, 20)]
     assert all(c == (0, 2, 20, 20) for c in s.centres(rng, 8, hard_on=True)[4:6])
+
+
+def test_lesion_weights_give_every_lesion_the_same_total_weight():
+    y = np.zeros((3, 10, 10), np.uint8)
+    y[0, 8, 1] = 1                      # 1 voxel
+    y[1, 2:4, 2:4] = 1                  # 4 voxels
+    y[2, 5:8, 5:8] = 2                  # 9 voxels
+    vols = [{"y": y}]
+    w = lesion_weights(vols, find_lesions([y]))[0]
+    assert w[0, 8, 1] == 4 and w[1, 2, 2] == 1 and w[2, 6, 6] == pytest.approx(4 / 9)
+    assert w[0, 8, 1] * 1 == w[1, 2:4, 2:4].sum() == pytest.approx(w[2, 5:8, 5:8].sum())
+    assert (w[y == 0] == 1).all()
 
 
 def test_false_positive_centres_skip_labelled_lesions():

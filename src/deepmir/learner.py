@@ -54,12 +54,12 @@ SAMPLED_LABELS = {"cmb": (1,), "iron": (2,), "union": (1, 2), "multiclass": (1, 
 class LearnerConfig:
     """Every setting of the default learner (the workflow's ``learn.patch`` section; defaults
     in ``workflow/schemas/learn.schema.yaml``, the only place they are written for users)."""
-    iterations: int = 600
-    batch_size: int = 16
+    iterations: int = 800
+    batch_size: int = 24
     lr: float = 0.003
     weight_decay: float = 0.0001
     warmup: int = 20
-    patch_size: int = 64
+    patch_size: int = 48
     context: int = 1
     fg_fraction: float = 0.5
     hard_fraction: float = 0.25
@@ -67,14 +67,14 @@ class LearnerConfig:
     mine_every: int = 50
     mine_slices: int = 16
     pool_size: int = 512
-    val_every: int = 150
+    val_every: int = 200
     checkpoint_every: int = 50
     log_every: int = 25
     dice_weight: float = 1.0
-    fg_weight: float = 1.0
+    fg_weight: float = 10.0
     tta: bool = False
     depth: int = 4
-    base_width: int = 16
+    base_width: int = 8
     max_width: int | None = None
     thresholds: tuple = pp.DEFAULT_THRESHOLDS
     min_sizes: tuple = pp.DEFAULT_MIN_SIZES
@@ -128,21 +128,22 @@ class LearnResult:
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0,
-                 fg_weight: float = 1.0) -> torch.Tensor:
-    """Cross-entropy (BCE for one logit) with lesion voxels weighted ``fg_weight`` +
-    ``dice_weight`` · (1 − soft Dice) over the foreground classes, Dice summed over the whole
-    batch (smooth 1)."""
+                 fg_weight: float = 1.0, voxel_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy (BCE for one logit), lesion voxels weighted ``fg_weight`` × their
+    ``voxel_weight`` (``[B, H, W]``, e.g. :func:`deepmir.patches.lesion_weights`; mean over
+    voxels), + ``dice_weight`` · (1 − soft Dice) over the foreground classes, Dice summed over
+    the whole batch (smooth 1)."""
     logits = logits.float()
+    fg = target > 0
+    w = torch.where(fg, float(fg_weight) * (voxel_weight if voxel_weight is not None else 1.0),
+                    torch.ones((), device=logits.device))
     if logits.shape[1] == 1:
         t = target.float()
-        w = None if fg_weight == 1 else torch.tensor(float(fg_weight), device=logits.device)
-        ce = F.binary_cross_entropy_with_logits(logits[:, 0], t, pos_weight=w)
+        ce = (F.binary_cross_entropy_with_logits(logits[:, 0], t, reduction="none") * w).mean()
         p = torch.sigmoid(logits[:, 0])
         dice = (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
     else:
-        w = torch.full((logits.shape[1],), float(fg_weight), device=logits.device)
-        w[0] = 1.0
-        ce = F.cross_entropy(logits, target.long(), weight=None if fg_weight == 1 else w)
+        ce = (F.cross_entropy(logits, target.long(), reduction="none") * w).mean()
         p = torch.softmax(logits, 1)[:, 1:]
         oh = F.one_hot(target.long(), logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].float()
         dice = ((2 * (p * oh).sum((0, 2, 3)) + 1) / (p.sum((0, 2, 3)) + oh.sum((0, 2, 3)) + 1)).mean()
@@ -241,7 +242,7 @@ def train_patches(train_vols: list[dict], val_vols: list[dict], mode: str, cfg: 
     if not sampler.lesions:
         raise ValueError(f"the training volumes hold no '{mode}' lesion to learn from")
     model = build_model(n_classes, in_ch, cfg.model, seed)
-    _, y0 = sampler.batch(np.random.default_rng([int(seed), 5]), 4 * cfg.batch_size)
+    _, y0, _ = sampler.batch(np.random.default_rng([int(seed), 5]), 4 * cfg.batch_size)
     set_prior_bias(model, map_labels(y0, mode), floor=PRIOR_FLOOR)
     model.to(dev).to(memory_format=torch.channels_last)   # ~1.4× faster on CPUs too (oneDNN)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -328,14 +329,15 @@ def train_patches(train_vols: list[dict], val_vols: list[dict], mode: str, cfg: 
             hard_on = it >= cfg.hard_start * cfg.iterations
             if hard_on and cfg.hard_fraction > 0 and (it - math.ceil(cfg.hard_start * cfg.iterations)) % cfg.mine_every == 0:
                 mine(it)
-            xb, yb = sampler.batch(np.random.default_rng([int(seed), 7, it]), cfg.batch_size, hard_on)
+            xb, yb, wb = sampler.batch(np.random.default_rng([int(seed), 7, it]), cfg.batch_size, hard_on)
             xb = torch.from_numpy(xb).to(dev).contiguous(memory_format=torch.channels_last)
             tb = torch.from_numpy(map_labels(yb, mode)).to(dev)
+            wb = torch.from_numpy(wb).to(dev)
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, it)
             with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
                 logits = model(xb)
-            loss = dice_ce_loss(logits, tb, cfg.dice_weight, cfg.fg_weight)
+            loss = dice_ce_loss(logits, tb, cfg.dice_weight, cfg.fg_weight, wb)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)

@@ -27,7 +27,8 @@ resumed after a kill sees exactly the same patches:
 - the rest anywhere in the brain.
 Each patch is flipped along either in-plane axis and transposed at random (the dihedral
 group of the square; B0 is along the slice axis, so in-plane, the dipole pattern has no
-preferred direction).
+preferred direction). Each patch comes with lesion weights (:func:`lesion_weights`): a
+lesion's voxels share one weight whatever its size.
 """
 from __future__ import annotations
 
@@ -113,6 +114,20 @@ def false_positive_centres(fg_prob: np.ndarray, y: np.ndarray, threshold: float 
     return np.rint(np.asarray(cents)).astype(np.int32).reshape(-1, 3)
 
 
+def lesion_weights(volumes, lesions, max_factor: float = 10.0) -> list[np.ndarray]:
+    """Per volume ``[S, H, W]`` float32: 1 on background, and on a lesion's voxels the median
+    lesion size divided by the lesion's size (at most ``max_factor``), so that every lesion
+    weighs about the same in the loss whatever its size — as it counts once in the
+    lesion-wise F1, where a one-voxel microbleed matters as much as a 17-voxel iron deposit."""
+    out = [np.ones(v["y"].shape, np.float32) for v in volumes]
+    if lesions:
+        median = float(np.median([len(les.voxels) for les in lesions]))
+        for les in lesions:
+            s, r, c = les.voxels.T
+            out[les.volume][s, r, c] = min(max_factor, median / len(les.voxels))
+    return out
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
     patch_size: int = 64
@@ -139,6 +154,7 @@ class PatchSampler:
         if not any(len(b) for b in self.brain):
             raise ValueError("no brain voxel in the training volumes")
         self.hard: list[tuple[int, int, int, int]] = []   # (volume, slice, row, column)
+        self.weights = lesion_weights(volumes, self.lesions)
 
     def add_hard(self, volume: int, centres: np.ndarray, capacity: int) -> None:
         """Add hard-negative centres of one volume; the pool keeps the newest ``capacity``."""
@@ -171,20 +187,23 @@ class PatchSampler:
         return out
 
     def batch(self, rng, batch_size: int, hard_on: bool = False):
-        """(x ``[B, C·(2k+1), P, P]`` float32, y ``[B, P, P]`` uint8 dseg labels)."""
+        """(x ``[B, C·(2k+1), P, P]`` float32, y ``[B, P, P]`` uint8 dseg labels, w ``[B, P, P]``
+        float32 lesion weights: :func:`lesion_weights`)."""
         p, k = self.cfg.patch_size, self.cfg.context
-        xs, ys = [], []
+        xs, ys, ws = [], [], []
         for v, s, r, c in self.centres(rng, batch_size, hard_on):
             vol = self.vols[v]
             xb = crop(context_slices(vol["x"], [s], k)[0], (r, c), p)
             yb = crop(vol["y"][s], (r, c), p)
+            wb = crop(self.weights[v][s], (r, c), p)
             if self.cfg.flips:
                 if rng.random() < 0.5:
-                    xb, yb = xb[..., ::-1, :], yb[::-1, :]
+                    xb, yb, wb = xb[..., ::-1, :], yb[::-1, :], wb[::-1, :]
                 if rng.random() < 0.5:
-                    xb, yb = xb[..., ::-1], yb[:, ::-1]
+                    xb, yb, wb = xb[..., ::-1], yb[:, ::-1], wb[:, ::-1]
                 if rng.random() < 0.5:
-                    xb, yb = np.swapaxes(xb, -1, -2), yb.T
+                    xb, yb, wb = np.swapaxes(xb, -1, -2), yb.T, wb.T
             xs.append(xb)
             ys.append(yb)
-        return np.ascontiguousarray(np.stack(xs)), np.ascontiguousarray(np.stack(ys))
+            ws.append(wb)
+        return tuple(np.ascontiguousarray(np.stack(a)) for a in (xs, ys, ws))

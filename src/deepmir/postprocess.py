@@ -32,7 +32,7 @@ MODE_LABELS = {"cmb": (CMB,), "iron": (IRON,), "union": (CMB,), "multiclass": (C
 MODE_CLASS_OF_LABEL = {"cmb": {CMB: "cmb"}, "iron": {IRON: "iron"}, "union": {CMB: "union"},
                        "multiclass": {CMB: "cmb", IRON: "iron"}}
 DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-DEFAULT_MIN_SIZES = (1, 2, 3, 4)
+DEFAULT_MIN_SIZES = (1, 2, 3)
 
 
 def default_operating_point(mode: str, threshold: float = 0.5, min_size: int = 1) -> dict:
@@ -176,14 +176,15 @@ def select_operating_point(probs_list, refs_list, mode: str, tolerances: dict, u
 
 
 def _plateau_centre(grid: list[dict]) -> dict:
-    """The best-F1 cell of a (threshold, min size) grid; among ties the threshold in the
-    middle of the tied ones (a few validation lesions often leave a plateau of equally good
-    thresholds, and its centre is the choice least tuned to them), then the smallest size."""
+    """The best-F1 cell of a (threshold, min size) grid; among ties the threshold, then the
+    minimum size, in the middle of the tied ones (a few validation lesions often leave a
+    plateau of equally good settings, and its centre is the choice least tuned to them)."""
     top = max(r["f1"] for r in grid)
     tied = [r for r in grid if r["f1"] >= top - 1e-12]
     ts = sorted({r["threshold"] for r in tied})
     t = ts[(len(ts) - 1) // 2]
-    best = min((r for r in tied if r["threshold"] == t), key=lambda r: r["min_size"])
+    sizes = sorted(r["min_size"] for r in tied if r["threshold"] == t)
+    best = next(r for r in tied if r["threshold"] == t and r["min_size"] == sizes[(len(sizes) - 1) // 2])
     return {k: best[k] for k in ("threshold", "min_size", "f1", "tp", "fp", "fn")}
 
 
