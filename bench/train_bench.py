@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from deepmir.augment import AugmentConfig, make_plan, render
-from deepmir.learner import LearnerConfig, dice_ce_loss, train_patches
+from deepmir.learner import LearnerConfig, train_patches, train_step
 from deepmir.patches import PatchSampler, SamplerConfig
 from deepmir.train import amp_settings, build_model, loss_fn, resolve_device
 from deepmir.unet import flops_per_slice
@@ -94,16 +94,8 @@ def patch_throughput(dev, amp, steps, warmup, cfg: LearnerConfig, modalities=2, 
     scaler = torch.amp.GradScaler(dev.type, enabled=use_scaler)
 
     def step(i):
-        xb, yb, wb = sampler.batch(np.random.default_rng([0, i]), cfg.batch_size)
-        xb = torch.from_numpy(xb).to(dev).contiguous(memory_format=torch.channels_last)
-        yb, wb = torch.from_numpy(yb).to(dev), torch.from_numpy(wb).to(dev)
-        with torch.autocast(device_type=dev.type, dtype=dtype, enabled=use_amp):
-            logits = model(xb)
-        loss = dice_ce_loss(logits, yb, cfg.dice_weight, cfg.fg_weight, wb)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        train_step(model, opt, scaler, sampler.batch(np.random.default_rng([0, i]), cfg.batch_size), "multiclass",
+                   cfg, dtype if use_amp else None)
 
     sec = _timed(step, dev, warmup, steps)
     flops = flops_per_slice(model, in_ch, cfg.patch_size, cfg.patch_size)

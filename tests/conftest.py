@@ -77,3 +77,14 @@ def make_minimal_bids(root: Path, n_echoes: int = 3, shape=(12, 14, 10), subject
 @pytest.fixture
 def minimal_bids(tmp_path):
     return make_minimal_bids(tmp_path / "bids")
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (deterministic timing-free runs on a shared CPU)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

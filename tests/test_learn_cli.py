@@ -20,12 +20,7 @@ TINY = ["--learner", "paper", "--depth", "3", "--base-width", "4", "--batch-size
         "--n-rotations", "1", "--max-shift", "6", "--threads", "1", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def participant(root, pid, seed, labels=True):
@@ -143,21 +138,26 @@ def test_bad_inputs_one_line_and_nothing_written(tmp_path, capsys):
     assert not (tmp_path / "s.json").exists()
 
 
+def kill_after_first_checkpoint(args, out):
+    """Run `deepmir <args> --out-dir out` in a process and SIGKILL it once last.pt exists."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "deepmir.cli", *map(str, args), "--out-dir", str(out)],
+                            env=env, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not (out / "last.pt").exists() and proc.poll() is None and time.time() - t0 < 300:
+        time.sleep(0.02)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the training process ended before it could be killed"
+    return out
+
+
 def test_sigkill_during_training_then_resume_matches_uninterrupted(tmp_path):
     stacks = build(tmp_path, ("sub-a", "sub-b"))
     args = ["train", "--train-stacks", stacks["sub-a"], "--val-stacks", stacks["sub-b"], "--label-mode", "union",
             "--epochs", 4, *TINY]
     assert run(*args, "--out-dir", tmp_path / "full") == 0
-    killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "deepmir.cli", *map(str, args), "--out-dir", str(killed)],
-                            env=env, stderr=subprocess.DEVNULL)
-    t0 = time.time()
-    while not (killed / "last.pt").exists() and proc.poll() is None and time.time() - t0 < 300:
-        time.sleep(0.05)
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the training process ended before it could be killed"
+    killed = kill_after_first_checkpoint(args, tmp_path / "killed")
     done = torch.load(killed / "last.pt", weights_only=True)["epoch"]
     assert 1 <= done <= 4
     assert run(*args, "--out-dir", killed) == 0
@@ -202,16 +202,7 @@ def test_patch_learner_sigkill_then_resume_matches_uninterrupted(tmp_path):
     args = ["train", "--train-stacks", stacks["sub-a"], "--val-stacks", stacks["sub-b"], "--label-mode",
             "multiclass", *PATCH]
     assert run(*args, "--out-dir", tmp_path / "full") == 0
-    killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "deepmir.cli", *map(str, args), "--out-dir", str(killed)],
-                            env=env, stderr=subprocess.DEVNULL)
-    t0 = time.time()
-    while not (killed / "last.pt").exists() and proc.poll() is None and time.time() - t0 < 300:
-        time.sleep(0.02)
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the training process ended before it could be killed"
+    killed = kill_after_first_checkpoint(args, tmp_path / "killed")
     assert 10 <= torch.load(killed / "last.pt", weights_only=True)["state"]["iteration"] < 40
     assert run(*args, "--out-dir", killed) == 0
     a = torch.load(tmp_path / "full" / "best.pt", weights_only=True)

@@ -16,12 +16,7 @@ from deepmir.patches import (PatchSampler, SamplerConfig, context_slices, crop, 
 S, H = 8, 48
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ball(shape, centre, r):

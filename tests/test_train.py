@@ -14,12 +14,7 @@ SMALL = dict(depth=3, base_width=8)
 AUG = AugmentConfig(n_translations=1, n_rotations=1, max_shift=8, max_angle=30)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dots(n, seed, size=32, n_classes=1):

@@ -150,6 +150,23 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float 
     return ce + dice_weight * (1 - dice)
 
 
+def train_step(model, opt, scaler, batch, mode: str, cfg: LearnerConfig, amp_dtype=None) -> torch.Tensor:
+    """One optimisation step on a sampler batch (x, dseg labels, lesion weights); returns the
+    loss. ``amp_dtype``: autocast dtype, or None for float32."""
+    dev = next(model.parameters()).device
+    x, y, w = batch
+    x = torch.from_numpy(x).to(dev).contiguous(memory_format=torch.channels_last)
+    t, w = torch.from_numpy(map_labels(y, mode)).to(dev), torch.from_numpy(w).to(dev)
+    with torch.autocast(device_type=dev.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        logits = model(x)
+    loss = dice_ce_loss(logits, t, cfg.dice_weight, cfg.fg_weight, w)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return loss.detach()
+
+
 def lr_at(cfg: LearnerConfig, it: int) -> float:
     """Learning rate of iteration ``it`` (0-based): linear warm-up, then poly decay."""
     warm = min(1.0, (it + 1) / max(1, cfg.warmup))
@@ -329,20 +346,11 @@ def train_patches(train_vols: list[dict], val_vols: list[dict], mode: str, cfg: 
             hard_on = it >= cfg.hard_start * cfg.iterations
             if hard_on and cfg.hard_fraction > 0 and (it - math.ceil(cfg.hard_start * cfg.iterations)) % cfg.mine_every == 0:
                 mine(it)
-            xb, yb, wb = sampler.batch(np.random.default_rng([int(seed), 7, it]), cfg.batch_size, hard_on)
-            xb = torch.from_numpy(xb).to(dev).contiguous(memory_format=torch.channels_last)
-            tb = torch.from_numpy(map_labels(yb, mode)).to(dev)
-            wb = torch.from_numpy(wb).to(dev)
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, it)
-            with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
-                logits = model(xb)
-            loss = dice_ce_loss(logits, tb, cfg.dice_weight, cfg.fg_weight, wb)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            state["loss_sum"] += float(loss.detach())
+            batch = sampler.batch(np.random.default_rng([int(seed), 7, it]), cfg.batch_size, hard_on)
+            loss = train_step(model, opt, scaler, batch, mode, cfg, amp_dtype if use_amp else None)
+            state["loss_sum"] += float(loss)
             state["loss_n"] += 1
             done = it + 1
             state["iteration"] = done
