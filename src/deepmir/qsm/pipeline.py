@@ -121,6 +121,7 @@ def invert(local_field, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None
         info.update(medi_iterations=res["iterations"], medi_cg=res["cg_iterations"],
                     medi_fft=res["n_fft"], medi_grid=list(res["grid"]),
                     medi_seconds=round(res["seconds"], 2),
+                    medi_cpu_seconds=round(res["cpu_seconds"], 2),
                     medi_misfit_ppm=res["misfit_ppm"])
     elif chi is None:
         raise ValueError(f"unknown dipole inversion {p['inversion']!r}")
