@@ -1,27 +1,24 @@
-"""QSM / SWI speed and accuracy benchmark.
+"""QSM speed and accuracy benchmark: the workflow's chain (``deepmir.qsm.pipeline``) at its
+defaults, stage by stage.
 
-    python bench/qsm_bench.py --size 160 [--device cpu|cuda] [--threads 2]
-    python bench/qsm_bench.py --synth paper --seed 99 --index 0 [--device cuda]
+    python bench/qsm_bench.py --size 160 --device cpu [--threads 1]
+    python bench/qsm_bench.py --size 160 --device cuda     # CPU rows first, then CUDA rows
+    python bench/qsm_bench.py --synth demo --seed 99 --index 0
 
-Prints, per stage, seconds and peak memory (CPU: process max RSS; GPU: torch peak allocated),
-the number of FFTs MEDI did × the measured time of one real FFT on its grid next to MEDI's
-measured time (what bounds it), the load average, and the accuracy against the truth inside
-the brain mask: NRMSE of MEDI-L1 and TKD, and for synthetic participants the deep-GM ROI
-errors, the CMB moment ratio and the signs of CMB and calcification moments. GPU rows follow
-the CPU rows when CUDA is available, else they say "no CUDA device".
+Prints, per device: seconds per stage; MEDI's Gauss–Newton steps and CG iterations per step
+(below the cap means CG met its tolerance); MEDI's time as a ratio to its FFT floor (the FFTs
+it did × the time of one real FFT on its grid, measured in the same run; what is left is
+element-wise work), in wall time and, on the CPU, in process CPU time (which waiting for a
+core on a shared machine does not inflate); peak memory
+(CPU: process max RSS; CUDA: torch peak allocated during the inversion); and the chosen λ.
+Then the accuracy against the truth inside the brain mask: NRMSE of MEDI-L1, TKD and CFL2,
+and for synthetic participants deep-GM ROI errors, CMB moments and lesion signs.
 
-What bounds MEDI-L1's time: every CG iteration applies (∇ᵀ M V M ∇ + 2λ DᵀW²D) once, i.e.
-4 real FFTs on the mask's bounding box (+8 voxels, even 5-smooth lengths) plus about twenty
-element-wise passes over the grid (finite differences and their adjoint, weights, CG vector
-updates); the toolbox's defaults let CG run to its cap of 100 in most Gauss–Newton steps, so
-the time is ≈ (#CG iterations) × (4 FFTs + element-wise work). The bench prints the FFT
-share (#FFTs × measured time of one FFT) next to the measured total; on a shared CPU both
-shares scale with the load, which it prints too.
-
-``--size N``: an N³ phantom at 1 mm (ellipsoidal brain with deep-grey-matter-like nuclei,
-white/grey matter, microbleeds, a calcification, a vein; air around the head as a background
-source; 4 echoes with noise). ``--synth SCALE``: one participant of the synthetic cohort
-(``deepmir.synth``; demo or paper scale), truth from the simulator.
+``--size N``: an N³ phantom at 1 mm (ellipsoidal head, grey/white matter, deep nuclei,
+ventricles, microbleeds, a calcification, a vein, skull and air as background sources, 4
+echoes with noise); N = 32 runs in seconds. ``--synth SCALE``: one participant of the
+synthetic cohort (``deepmir.synth``, demo or paper scale), truth from the simulator.
+``--device cuda`` on a machine without CUDA is a one-line error (exit 2).
 """
 from __future__ import annotations
 
@@ -37,16 +34,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from deepmir import GAMMA_BAR_HZ_PER_T  # noqa: E402
 from deepmir.dipole import b0_direction, dipole_field, voxel_sizes  # noqa: E402
-from deepmir.qsm.background import pdf  # noqa: E402
-from deepmir.qsm.fit import fit_multi_echo, r2star_map  # noqa: E402
-from deepmir.qsm.defaults import DEFAULTS  # noqa: E402
-from deepmir.qsm.inversion import erode_mask, extract_csf_mask, medi_l1, tkd  # noqa: E402
-from deepmir.qsm.pipeline import field_ppm_from_phase_rate, hz_per_ppm, inflate_noise  # noqa: E402
-from deepmir.qsm.unwrap import unwrap_laplacian  # noqa: E402
-from deepmir.swi import swi  # noqa: E402
-
-GAMMA = 42.577478e6
+from deepmir.qsm.pipeline import DEFAULTS, reconstruct  # noqa: E402
 
 
 def phantom(n: int, seed: int = 0):
@@ -65,31 +55,32 @@ def phantom(n: int, seed: int = 0):
     for cx, val, r2 in ((0.12, 0.13, 50), (-0.12, 0.13, 50), (0.18, 0.04, 30), (-0.18, 0.04, 30)):
         blob = ((g[0] - cx) ** 2 + (g[1] / 1.5) ** 2 + (g[2] / 1.2) ** 2) < 0.04 ** 2
         chi[blob], r2s[blob] = val, r2
-    lesions = []
+    lesions = np.zeros(chi.shape, np.int32)
+    classes = {}
     for k in range(6):
         c = rng.uniform(-0.25, 0.25, 3)
-        rad = rng.uniform(1.5, 3.0) / n
+        rad = max(rng.uniform(1.5, 3.0), 1.2) / n * (n / 64 if n < 64 else 1.0)
         blob = ((g - c[:, None, None, None]) ** 2).sum(0) < rad ** 2
         val = -0.3 if k == 0 else rng.uniform(0.4, 1.0)
         chi[blob] += val
         r2s[blob] = 150
-        lesions.append((blob, val))
+        lesions[blob] = k + 1
+        classes[k + 1] = "calcification" if k == 0 else "cmb"
     vein = ((g[0] - 0.05) ** 2 + (g[1] + 0.3) ** 2 < (1.5 / n) ** 2) & brain
     chi[vein], r2s[vein] = 0.45, 45
     air = ~head
     field = dipole_field(np.where(air, 9.2, chi), (1, 1, 1), (0, 0, 1), pad_factor=1.5)
-    local = dipole_field(np.where(brain, chi, 0), (1, 1, 1), (0, 0, 1), pad_factor=1.5)
     te = np.array([0.0075, 0.015, 0.0225, 0.03])
     m0 = np.where(head, 1.0, 0.0)
-    w = 2 * np.pi * GAMMA * 3.0 * 1e-6
-    sig = [m0 * np.exp(-r2s * t) * np.exp(1j * (w * field * t + 0.4)) for t in te]
+    w = 2 * np.pi * GAMMA_BAR_HZ_PER_T * 3.0 * 1e-6
     sigma = 1 / 40
+    sig = [m0 * np.exp(-r2s * t) * np.exp(1j * (w * field * t + 0.4)) for t in te]
     sig = [s + sigma * (rng.normal(size=s.shape) + 1j * rng.normal(size=s.shape)) / np.sqrt(2)
            for s in sig]
     s = np.stack(sig, -1)
     return dict(mag=np.abs(s).astype(np.float32), phase=np.angle(s).astype(np.float32), te=te,
-                mask=brain, chi=np.where(brain, chi, 0), local=local, vs=(1.0, 1.0, 1.0),
-                b0=(0.0, 0.0, 1.0), name=f"phantom {n}^3")
+                mask=brain, chi=np.where(brain, chi, 0), vs=(1.0, 1.0, 1.0),
+                b0=(0.0, 0.0, 1.0), lesions=lesions, classes=classes, name=f"phantom {n}^3")
 
 
 def synth_participant(scale: str, seed: int, index: int):
@@ -103,122 +94,89 @@ def synth_participant(scale: str, seed: int, index: int):
     tab = t["table"]
     return dict(mag=np.stack(d["mag"], -1), phase=np.stack(d["phase"], -1),
                 te=np.asarray(d["echo_times"]), mask=t["brain"], chi=t["chi"] * t["brain"],
-                local=t["local_field"], vs=tuple(voxel_sizes(aff)), b0=tuple(b0_direction(aff)),
+                vs=tuple(voxel_sizes(aff)), b0=tuple(b0_direction(aff)),
                 lesions=t["lesions"], classes=dict(zip(tab["lesion_id"], tab["cls"])),
                 tissue=t["tissue"], sign=cfg["gre"]["phase_sign"],
                 name=f"synth {scale} seed {seed} #{index} {t['brain'].shape}")
 
 
-def nrmse(x, t, m):
-    a = x[m] - x[m].mean()
-    b = t[m] - t[m].mean()
-    return 100 * np.linalg.norm(a - b) / np.linalg.norm(b)
-
-
-class Stage:
-    def __init__(self, dev):
-        self.dev = dev
-        self.rows = []
-
-    def run(self, name, fn):
-        if self.dev.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        t = time.perf_counter()
-        out = fn()
-        if self.dev.type == "cuda":
-            torch.cuda.synchronize()
-            mem = torch.cuda.max_memory_allocated() / 2 ** 20
-        else:
-            mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        self.rows.append((name, time.perf_counter() - t, mem))
-        return out
-
-
-def fft_seconds(grid, dev, reps=20):
+def fft_seconds(grid, dev, reps=20, clock=time.perf_counter):
     """Measured time of one real FFT (mean of a forward rfftn and an inverse irfftn) on
-    ``grid``, float32, after a warm-up."""
+    ``grid``, float32, after a warm-up; ``clock``: wall (perf_counter) or, on the CPU,
+    process_time (not inflated by waiting for a core on a shared machine)."""
     x = torch.randn(grid, device=dev)
     for _ in range(2):
         x = torch.fft.irfftn(torch.fft.rfftn(x), s=grid)
     if dev.type == "cuda":
         torch.cuda.synchronize()
-    t = time.perf_counter()
+    t = clock()
     for _ in range(reps):
         x = torch.fft.irfftn(torch.fft.rfftn(x), s=grid)
     if dev.type == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - t) / (2 * reps)
+    return (clock() - t) / (2 * reps)
 
 
-def run_chain(d, dev, medi_max_iter=10):
-    """The QSM chain of ``deepmir.qsm.pipeline.reconstruct`` with its defaults, stage by
-    stage, timed (seconds, process peak RSS or GPU peak)."""
-    m, vs, b0 = d["mask"], d["vs"], d["b0"]
-    st = Stage(dev)
-    fit = st.run("field fit", lambda: fit_multi_echo(d["mag"], d["phase"], d["te"], mask=m,
-                                                     device=dev))
-    dt = fit["delta_te"]
-    imag = np.sqrt((d["mag"] ** 2).sum(-1))
-    u = st.run("unwrap (Laplacian)", lambda: unwrap_laplacian(fit["field"] * dt, vs, imag, m,
-                                                              device=dev))
-    total = field_ppm_from_phase_rate(u, dt, 3.0, d.get("sign", 1)) * m
-    noise = inflate_noise(fit["noise_std"] / (2 * np.pi * hz_per_ppm(3.0)), fit["relres"], m)
-    r2s = st.run("R2*", lambda: r2star_map(d["mag"], d["te"], m, device=dev))
-    mq = erode_mask(m, vs, DEFAULTS["mask_erode_mm"])
-    bg = st.run("PDF", lambda: pdf(total * mq, mq, vs, b0, noise_std=noise, device=dev))
-    local = bg["local"]
-    csf = extract_csf_mask(r2s, mq, vs)
-    res = st.run("MEDI-L1", lambda: medi_l1(local, mq, vs, b0, magnitude=imag,
-                                            noise_std=noise, delta_te=dt, merit=DEFAULTS["merit"],
-                                            csf_mask=csf if csf.any() else None,
-                                            max_iter=medi_max_iter, device=dev))
-    k = st.run("TKD", lambda: tkd(local, mq, vs, b0, device=dev))
-    if csf.any():
-        k = (k - k[csf].mean()) * mq
-    st.run("SWI", lambda: swi(d["mag"][..., 0], d["phase"][..., 0], b0, 1, device=dev))
-    return st, res, k, local, mq
+def peak_mib(dev) -> float:
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def print_timing(st, res, dev):
-    print(f"{'stage':<20}{'seconds':>10}{'peak MiB':>12}")
-    for name, sec, mem in st.rows:
-        print(f"{name:<20}{sec:>10.2f}{mem:>12.0f}")
-    print(f"{'total':<20}{sum(r[1] for r in st.rows):>10.2f}")
-    print("(peak MiB: process max RSS on CPU, torch peak allocated on GPU)")
-    tf = fft_seconds(res["grid"], dev)
-    medi_s = [r[1] for r in st.rows if r[0] == "MEDI-L1"][0]
-    print(f"\nMEDI grid {res['grid']}: {res['iterations']} Gauss-Newton steps "
-          f"(update ratios {', '.join(f'{r:.3g}' for r in res['ratios'])}), "
-          f"CG {res['cg_iterations']}")
-    print(f"MEDI FFT bound: {res['n_fft']} FFTs × {tf * 1e3:.2f} ms = {res['n_fft'] * tf:.1f} s; "
-          f"measured {medi_s:.1f} s (the rest, {medi_s - res['n_fft'] * tf:.1f} s, is the "
-          f"element-wise work: finite differences, weights, CG vector updates)")
+def run(d, dev):
+    """The workflow's chain at its defaults on ``dev``; returns the result and timings."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    res = reconstruct(d["mag"], d["phase"], d["te"], d["mask"], d["vs"], d["b0"], 3.0,
+                      d.get("sign", 1), device=dev, log=None)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    res["total_seconds"] = time.perf_counter() - t
+    res["peak_mib"] = peak_mib(dev)
+    return res
 
 
-def print_accuracy(d, res, k, local, mq):
+def print_timing(res, dev):
+    info = res["info"]
+    print(f"{'stage':<16}{'seconds':>10}")
+    for name, sec in res["timings"].items():
+        print(f"{name:<16}{sec:>10.2f}")
+    print(f"{'total':<16}{res['total_seconds']:>10.2f}")
+    grid = tuple(info["medi_grid"])
+    print(f"\nMEDI grid {grid}: λ = {info['lambda']:.4g} ({info['lambda_rule']}; "
+          f"{info['lambda_ppm']:.4g} per ppm·mm)")
+    print(f"Gauss-Newton steps: {info['medi_iterations']}; CG iterations per step: "
+          f"{info['medi_cg']} (cap {DEFAULTS['medi_cg_max_iter']})")
+    clocks = [("wall", time.perf_counter, float(info["medi_seconds"]))]
+    if dev.type == "cpu":
+        clocks.append(("CPU", time.process_time, float(info["medi_cpu_seconds"])))
+    for name, clock, medi_s in clocks:
+        tf = fft_seconds(grid, dev, clock=clock)
+        floor = info["medi_fft"] * tf
+        print(f"MEDI {medi_s:.2f} s ({name} time); FFT floor {info['medi_fft']} FFTs × "
+              f"{tf * 1e3:.3f} ms = {floor:.2f} s; MEDI time / FFT floor = {medi_s / floor:.2f}")
+    print(f"peak memory: {res['peak_mib']:.0f} MiB "
+          f"({'torch peak allocated' if dev.type == 'cuda' else 'process max RSS'})")
+
+
+def print_accuracy(d, res):
     from deepmir.evaluate import qsm_accuracy
 
     m = d["mask"]
-    lesions = d.get("lesions")
     vox = float(np.prod(d["vs"]))
-    rows = [("MEDI-L1", qsm_accuracy(res["chi"], d["chi"], m, lesions, d.get("classes"),
-                                     d.get("tissue"), vox)),
-            ("TKD", qsm_accuracy(k, d["chi"], m, lesions, d.get("classes"), d.get("tissue"),
-                                 vox))]
-    print(f"\naccuracy inside the brain mask ({m.sum()} voxels; QSM mask = brain mask eroded "
-          f"by {DEFAULTS['mask_erode_mm']} mm, {mq.sum() / m.sum():.3f} of it; χ and truth "
-          f"referenced to their brain-mask mean); local-field NRMSE "
-          f"{nrmse(local, d['local'], mq):.1f} % in the QSM mask")
-    cols = ["nrmse_percent", "rmse_ppm", "pearson_r"]
+    cols = ["nrmse_percent", "rmse_ppm", "slope"]
     if d.get("tissue") is not None:
-        cols += ["deep_gm_abs_error_ppm", "caudate_error_ppm", "putamen_error_ppm",
-                 "pallidum_error_ppm", "thalamus_error_ppm"]
-    if lesions is not None:
-        cols += ["cmb_moment_ratio", "cmb_n_positive", "cmb_n", "calcification_n_negative",
-                 "calcification_n"]
+        cols += ["deep_gm_abs_error_ppm"]
+    cols += ["cmb_moment_ratio", "cmb_n_positive", "cmb_n", "calcification_n_negative",
+             "calcification_n"]
+    print(f"\naccuracy inside the brain mask ({int(m.sum())} voxels; χ and truth referenced "
+          "to their mean there)")
     print(f"{'method':<10}" + "".join(f"{c:>26}" for c in cols))
-    for name, row in rows:
+    for name, key in (("MEDI-L1", "chi"), ("TKD", "chi_tkd"), ("CFL2", "chi_cfl2")):
+        row = qsm_accuracy(res[key], d["chi"], m, d.get("lesions"), d.get("classes"),
+                           d.get("tissue"), vox)
         print(f"{name:<10}" + "".join(f"{row.get(c, float('nan')):>26.4g}" for c in cols))
 
 
@@ -228,29 +186,28 @@ def main(argv=None):
     ap.add_argument("--synth", choices=("demo", "paper"))
     ap.add_argument("--seed", type=int, default=99)
     ap.add_argument("--index", type=int, default=0)
-    ap.add_argument("--device", default="cpu", help="cpu (GPU rows follow when CUDA exists)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--medi-max-iter", type=int, default=10)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                    help="cpu, or cuda (CPU rows first as the reference, then CUDA rows)")
+    ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        print("qsm_bench: error: --device cuda: no CUDA device", file=sys.stderr)
+        return 2
     torch.set_num_threads(a.threads)
     t = time.perf_counter()
     d = synth_participant(a.synth, a.seed, a.index) if a.synth else phantom(a.size)
     print(f"# {d['name']}: data made in {time.perf_counter() - t:.1f} s; {a.threads} CPU "
           f"threads; load average {os.getloadavg()[0]:.2f} (1 min) at start")
-    devs = [torch.device(a.device)]
-    if devs[0].type == "cpu":
-        devs.append(torch.device("cuda") if torch.cuda.is_available() else None)
+    devs = [torch.device("cpu")] + ([torch.device("cuda")] if a.device == "cuda" else [])
     for dev in devs:
-        print(f"\n## device {dev.type if dev is not None else 'cuda'}")
-        if dev is None or (dev.type == "cuda" and not torch.cuda.is_available()):
-            print("GPU: no CUDA device (no GPU timings)")
-            continue
-        st, res, k, local, mq = run_chain(d, dev, a.medi_max_iter)
-        print_timing(st, res, dev)
+        print(f"\n## device {dev.type}"
+              + (f" ({torch.cuda.get_device_name(0)})" if dev.type == "cuda" else ""))
+        res = run(d, dev)
+        print_timing(res, dev)
         print(f"load average {os.getloadavg()[0]:.2f} (1 min) after the run")
-        if dev == devs[0]:
-            print_accuracy(d, res, k, local, mq)
+        print_accuracy(d, res)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

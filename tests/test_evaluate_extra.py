@@ -169,3 +169,24 @@ def test_commands_overlay_qsm_and_summary(tmp_path, capsys):
     assert cli.main(["summary", "--report-dir", str(tmp_path / "nope"), "--out",
                      str(tmp_path / "s.md")]) == 2
     assert "nope" in capsys.readouterr().err and not (tmp_path / "s.md").exists()
+
+
+def test_qsm_accuracy_juxtacortical_cmbs():
+    """A CMB centred within 3 mm of the cortex label is juxtacortical, one deeper is not;
+    their moment ratio and sign are reported apart."""
+    shape = (40, 20, 20)
+    tissue = np.full(shape, 3, np.uint8)              # white matter
+    tissue[:4] = 2                                    # cortex: the first 4 planes
+    truth = np.zeros(shape, np.float32)
+    lm = np.zeros(shape, np.int32)
+    for k, x in ((1, 6), (2, 25)):                    # centres 2 mm and 21 mm from cortex
+        lm[x - 1:x + 2, 9:12, 9:12] = k
+        truth[lm == k] = 0.5
+    mask = np.ones(shape, bool)
+    row = qsm_accuracy(0.8 * truth, truth, mask, lm, {1: "cmb", 2: "cmb"}, tissue, 1.0,
+                       (1.0, 1.0, 1.0))
+    assert row["juxtacortical_cmb_n"] == 1 and row["juxtacortical_cmb_n_positive"] == 1
+    assert row["juxtacortical_cmb_moment_ratio"] == pytest.approx(0.8, rel=0.05)
+    far = qsm_accuracy(truth, truth, mask, lm, {1: "cmb", 2: "cmb"}, tissue, 1.0,
+                       (8.0, 1.0, 1.0))               # 8 mm planes: CMB 1 is 16 mm away
+    assert far["juxtacortical_cmb_n"] == 0 and np.isnan(far["juxtacortical_cmb_moment_ratio"])

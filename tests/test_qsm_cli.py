@@ -101,13 +101,18 @@ def test_qsm_bad_unit_rejected(phantom, capsys):
 
 def test_qsm_run_and_swi_commands(phantom, tmp_path):
     d, brain, cmb = phantom
-    o = {k: tmp_path / f"{k}.nii.gz" for k in ("chi", "r2s", "field", "swi", "minip")}
+    o = {k: tmp_path / f"{k}.nii.gz" for k in ("chi", "r2s", "field", "swi", "minip", "cfl2")}
     rc = main(["qsm-run", "--mag", str(d / "mag.nii.gz"), "--phase", str(d / "phase.nii.gz"),
                "--json", str(d / "MEGRE.json"), "--mask", str(d / "mask.nii.gz"),
                "--chi", str(o["chi"]), "--r2s", str(o["r2s"]), "--field", str(o["field"]),
+               "--chi-cfl2", str(o["cfl2"]),
                "--qc", str(tmp_path / "qc.png"), "--inversion", "tkd", "--no-csf",
                "--device", "cpu"])
     assert rc == 0 and (tmp_path / "qc.png").stat().st_size > 1000
+    side = json.loads((tmp_path / "chi.json").read_text())     # the χ map's sidecar
+    assert side["inversion"] == "tkd" and side["settings"]["csf"] is False
+    assert side["settings"]["lambda"] == "auto" and side["unit"] == "ppm"
+    assert niio.load(o["cfl2"])[0][cmb].mean() > 0.1
     chi = niio.load(o["chi"])[0]
     assert chi[cmb].mean() - np.median(chi[brain]) > 0.2    # PhaseSign −1 handled
     r2s = niio.load(o["r2s"])[0]

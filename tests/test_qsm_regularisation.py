@@ -65,7 +65,7 @@ def test_cfl2_lcurve_corner_in_the_search_range_and_noise_lowers_lambda():
     field = (sphere_field(n, a, dchi) + rng.normal(0, 0.004, (n, n, n))) * brain
     res = cfl2(field, brain, (1, 1, 1), (0, 0, 1))
     lc = res["l_curve"]
-    assert 1e-4 <= res["alpha"] <= 1e-1
+    assert 1e-4 <= res["alpha"] <= 0.3
     # residual rises and the regulariser falls with α (the L-curve is monotone)
     assert np.all(np.diff(lc["residual"]) > 0) and np.all(np.diff(lc["regulariser"]) < 0)
     core = ball(n, a - 1.5)
@@ -93,11 +93,11 @@ def test_l_curve_corner_refined_between_grid_points():
     w = torch.ones(n, dtype=torch.float64)
     fine = l_curve(f, d, e2, 10.0 ** np.arange(-5, 0.001, 0.02), w)
     coarse = l_curve(f, d, e2, 10.0 ** np.arange(-5, 0.001, 0.1), w)
-    assert 1e-4 <= fine["alpha"] <= 1e-1
+    assert 1e-4 <= fine["alpha"] <= 0.3
     assert abs(np.log10(coarse["alpha"] / fine["alpha"])) < 0.1
     k = np.abs(fine["curvature"])
     a = fine["alphas"]
-    sel = (a >= 1e-4) & (a <= 1e-1)
+    sel = (a >= 1e-4) & (a <= 0.3)
     assert fine["alpha"] == pytest.approx(a[sel][np.argmax(k[sel])], rel=0.05)
 
 

@@ -406,6 +406,24 @@ QSM_LESION_CLASSES = ("cmb", "iron", "calcification", "vein", "epvs")
 
 # deep grey matter labels of the synthetic truth tissue dseg (deepmir.synth.anatomy)
 DEEP_GM_LABELS = {"caudate": 4, "putamen": 5, "pallidum": 6, "thalamus": 7}
+CORTEX_LABEL = 2        # cortical grey matter in that dseg
+JUXTACORTICAL_MM = 3.0  # a CMB whose centre lies this close to the cortex is juxtacortical
+
+
+def juxtacortical_ids(lesion_map, ids, tissue, voxel_size, max_mm: float = JUXTACORTICAL_MM):
+    """The lesion ids (of ``ids``) whose centre (centroid of their voxels, rounded to a
+    voxel) lies within ``max_mm`` of a cortex voxel (:data:`CORTEX_LABEL`)."""
+    lm = np.asarray(lesion_map)
+    cortex = np.rint(np.asarray(tissue)) == CORTEX_LABEL
+    if not cortex.any():
+        return []
+    dist = ndimage.distance_transform_edt(~cortex, sampling=voxel_size)
+    out = []
+    for i in ids:
+        v = np.argwhere(lm == i)
+        if len(v) and dist[tuple(np.rint(v.mean(0)).astype(int))] <= max_mm:
+            out.append(int(i))
+    return out
 
 
 def lesion_moments(chi, lesion_map, ids, voxel_volume: float = 1.0, grow: int = 1,
@@ -435,7 +453,7 @@ def lesion_moments(chi, lesion_map, ids, voxel_volume: float = 1.0, grow: int = 
 
 
 def qsm_accuracy(chi, truth, mask, lesion_map=None, lesion_classes: Mapping | None = None,
-                 tissue=None, voxel_volume: float = 1.0) -> dict:
+                 tissue=None, voxel_volume: float = 1.0, voxel_size=None) -> dict:
     """Accuracy of a susceptibility map against the synthetic truth, inside ``mask``.
 
     QSM is defined up to a constant, so both maps are first referenced to their own mean
@@ -452,7 +470,10 @@ def qsm_accuracy(chi, truth, mask, lesion_map=None, lesion_classes: Mapping | No
     the lesion's voxels against the shell around them, i.e. moments with ``grow=0``). With the truth ``tissue`` dseg, per deep grey matter nucleus
     (:data:`DEEP_GM_LABELS`) ``<roi>_error_ppm`` = mean χ − mean χ_true over the nucleus
     inside the mask (both referenced to their mask mean) and ``deep_gm_abs_error_ppm`` (the
-    mean of their absolute values).
+    mean of their absolute values); with lesions too, the juxtacortical CMBs
+    (:func:`juxtacortical_ids`; ``voxel_size`` in mm, default isotropic from
+    ``voxel_volume``): ``juxtacortical_cmb_n``, ``juxtacortical_cmb_moment_ratio`` (median)
+    and ``juxtacortical_cmb_n_positive``.
     """
     c = np.asarray(chi, dtype=float)
     t = np.asarray(truth, dtype=float)
@@ -513,6 +534,19 @@ def qsm_accuracy(chi, truth, mask, lesion_map=None, lesion_classes: Mapping | No
             errs.append(abs(e))
         out["deep_gm_abs_error_ppm"] = float(np.nanmean(errs)) if np.isfinite(errs).any() \
             else float("nan")
+        if lesion_map is not None:
+            vs = voxel_size if voxel_size is not None else (voxel_volume ** (1 / 3),) * 3
+            cmb = [k for k, v in classes.items() if v == "cmb"]
+            jx = juxtacortical_ids(lm, cmb, ts, vs)
+            est = lesion_moments(np.where(m, cm, 0.0), lm, jx, voxel_volume) if jx else {}
+            ref = lesion_moments(np.where(m, tm, 0.0), lm, jx, voxel_volume) if jx else {}
+            ratios = [est[k] / ref[k] for k in est if abs(ref.get(k, 0.0)) > 1e-12]
+            sign = lesion_moments(np.where(m, cm, 0.0), lm, jx, voxel_volume, grow=0) \
+                if jx else {}
+            out["juxtacortical_cmb_n"] = len(ratios)
+            out["juxtacortical_cmb_moment_ratio"] = float(np.median(ratios)) if ratios \
+                else float("nan")
+            out["juxtacortical_cmb_n_positive"] = int(sum(v > 0 for v in sign.values()))
     return out
 
 

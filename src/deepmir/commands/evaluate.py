@@ -524,15 +524,16 @@ def run_qsm_accuracy(args) -> int:
         raise InputError(args.mask, "brain mask is empty")
     tissue = None if args.tissue is None else _load_on_grid(args.tissue, "tissue dseg", grid)[0]
     vox = float(abs(np.linalg.det(np.asarray(aff, float)[:3, :3])))
+    vs = tuple(np.sqrt((np.asarray(aff, float)[:3, :3] ** 2).sum(0)))
     try:
-        row = qsm_accuracy(chi, truth, mask, lesion_map, classes, tissue, vox)
+        row = qsm_accuracy(chi, truth, mask, lesion_map, classes, tissue, vox, vs)
     except ValueError as err:
         raise InputError(args.chi, str(err))
     for prefix, path, what in (("tkd", args.chi_tkd, "TKD map"),
                                ("cfl2", args.chi_cfl2, "CFL2 map")):
         if path is not None:
             other_map, _ = _load_on_grid(path, what, grid)
-            other = qsm_accuracy(other_map, truth, mask, lesion_map, classes, tissue, vox)
+            other = qsm_accuracy(other_map, truth, mask, lesion_map, classes, tissue, vox, vs)
             row.update({f"{prefix}_{k}": v for k, v in other.items() if k != "n_voxels"})
     _write_text(args.out, to_tsv(pd.DataFrame([{"participant": args.participant, **row}])))
     return 0
@@ -565,6 +566,8 @@ def run_qsm_table(args) -> int:
     show = ["participant", "rmse_ppm", "nrmse_percent", "tkd_nrmse_percent", "beats_tkd",
             "cfl2_nrmse_percent", "beats_cfl2",
             "pearson_r", "slope", "deep_gm_abs_error_ppm", "cmb_moment_ratio",
+            "juxtacortical_cmb_moment_ratio", "juxtacortical_cmb_n_positive",
+            "juxtacortical_cmb_n",
             "cmb_n_positive", "cmb_n", "calcification_n_negative", "calcification_n",
             *[f"{c}_ratio" for c in ("cmb", "iron", "calcification", "vein", "epvs")]]
     short = df[[c for c in show if c in df.columns]].copy()
@@ -579,7 +582,8 @@ def run_qsm_table(args) -> int:
              "it says False, MEDI does not beat that baseline); "
              "slope = least-squares slope of χ against χ_true; deep_gm_abs_error_ppm = mean "
              "|ROI error| over caudate, putamen, pallidum and thalamus; cmb_moment_ratio = "
-             "median over CMBs of the susceptibility moment / its true moment; "
+             "median over CMBs of the susceptibility moment / its true moment "
+             "(juxtacortical_: over the CMBs whose centre lies within 3 mm of the cortex); "
              "<class>_n_positive/negative = lesions whose voxels lie above/below the shell "
              "around them; "
              "<class>_ratio = mean χ over the class's lesion voxels / its true mean "

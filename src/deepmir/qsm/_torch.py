@@ -166,6 +166,7 @@ def cg(apply_a, b: torch.Tensor, tol: float, max_iter: int, x0: torch.Tensor | N
     else:
         x = x0.clone()
         r = b - apply_a(x)
+    best = None      # a copy of the best iterate, kept only once a later one is worse
 
     def dot(u, v):
         return float(torch.vdot(u.reshape(-1), v.reshape(-1)).real)
@@ -174,7 +175,8 @@ def cg(apply_a, b: torch.Tensor, tol: float, max_iter: int, x0: torch.Tensor | N
     p = z.clone()
     rr = dot(r, r)
     rz = rr if precond is None else dot(r, z)
-    best, best_rr = x, rr
+    best_rr = rr
+    x_is_best = True
     it = 0
     target = tol * tol * bnorm2
     while it < max_iter and rr > target:
@@ -183,13 +185,18 @@ def cg(apply_a, b: torch.Tensor, tol: float, max_iter: int, x0: torch.Tensor | N
         if pap <= 0:
             break
         alpha = rz / pap
-        x = torch.add(x, p, alpha=alpha)    # a new tensor: the best iterate is kept by reference
+        x.add_(p, alpha=alpha)
         if replace_every and (it + 1) % replace_every == 0:
             r = b - apply_a(x)
         else:
             r.sub_(ap, alpha=alpha)
         del ap
         rr = dot(r, r)
+        if rr < best_rr:
+            best_rr, x_is_best = rr, True
+        elif x_is_best:   # the iterate just replaced was the best: keep it (x − α p)
+            best = torch.sub(x, p, alpha=alpha, out=best)
+            x_is_best = False
         if precond is None:
             rz_new = rr
             torch.add(r, p, alpha=rz_new / rz, out=p)     # p = r + β p in one pass
@@ -199,6 +206,4 @@ def cg(apply_a, b: torch.Tensor, tol: float, max_iter: int, x0: torch.Tensor | N
             torch.add(z, p, alpha=rz_new / rz, out=p)
         rz = rz_new
         it += 1
-        if rr < best_rr:
-            best, best_rr = x, rr
-    return best, it, float(np.sqrt(best_rr / bnorm2))
+    return (x if x_is_best else best), it, float(np.sqrt(best_rr / bnorm2))

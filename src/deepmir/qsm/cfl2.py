@@ -48,13 +48,14 @@ def _half_weights(grid, device, dtype):
 
 
 def l_curve(f_hat: torch.Tensor, d: torch.Tensor, e2: torch.Tensor, alphas,
-            weights: torch.Tensor, search=(1e-4, 1e-1)) -> dict:
+            weights: torch.Tensor, search=(1e-4, 0.3)) -> dict:
     """Data residual ‖Dχ_α − f‖ and regulariser ‖∇χ_α‖ of the closed-form solution for each
     α (Parseval on the rfft half spectrum; the same normalisation for both, so only their
     shapes matter), and the corner: the α of maximal curvature of (log residual, log
     regulariser) over log α (Hansen's L-curve criterion), searched for α in ``search``
-    (mm²; the range of the challenge's closed-form code for 1 mm voxels: past its upper end
-    lies a second turn, where the regulariser removes the anatomy itself).
+    (mm²): the range of the challenge's closed-form code for 1 mm voxels, 10⁻⁴ … 10⁻¹, half a
+    decade wider at the top so that a noisier field can move the corner up; further out
+    lies a second turn on simple fields, where the regulariser removes the anatomy itself.
 
     Returns {"alphas", "residual", "regulariser", "curvature", "alpha"}."""
     p = (f_hat.real ** 2 + f_hat.imag ** 2) * weights
@@ -89,9 +90,8 @@ def l_curve(f_hat: torch.Tensor, d: torch.Tensor, e2: torch.Tensor, alphas,
             "regulariser": np.sqrt(reg), "curvature": kappa, "alpha": alpha}
 
 
-# α grid of the L-curve, mm²: the corner is searched in 10^-4 … 10^-1 (the range of
-# Bilgic's challenge code, 1 mm voxels); the curve is traced a decade wider so that the
-# curvature is defined at the ends of that range
+# α grid of the L-curve, mm²: the corner is searched in 10^-4 … 0.3 (see l_curve); the
+# curve is traced wider so that the curvature is defined at the ends of that range
 ALPHAS = tuple(float(a) for a in 10.0 ** np.arange(-5.0, 0.01, 0.1))
 
 

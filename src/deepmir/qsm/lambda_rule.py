@@ -12,10 +12,11 @@ problem stops fitting noise and starts losing signal; MEDI gets the same balance
     μ = κ / (α g),      λ = μ / s,
 
 g the mean |∂_i χ| of the CFL2 map inside the mask and κ a dimensionless factor (the
-``lambda_factor`` setting; chosen once on a synthetic tuning seed, see docs/qsm.md). A noisier
-field, or one the dipole model explains less well (anisotropy, background residuals), moves
-the L-curve corner to a larger α and so gives a smaller λ; the rule needs no noise map, so
-the workflow and ``deepmir qsm --field`` use it alike.
+``lambda_factor`` setting; chosen once on a synthetic tuning seed, see docs/qsm.md). What the
+dipole model does not explain (noise, anisotropy, background residuals) raises the gradients
+of the CFL2 map at its corner and, where it changes the spectrum's shape, moves the corner
+to a larger α: both lower λ. The rule needs no noise map, so the workflow and ``deepmir qsm
+--field`` use it alike.
 """
 from __future__ import annotations
 

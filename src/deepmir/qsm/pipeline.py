@@ -52,6 +52,17 @@ def inflate_noise(noise_std, relres, mask) -> np.ndarray:
     return (noise_std * np.sqrt(np.maximum(rr / ref, 1.0))).astype(np.float32)
 
 
+def _setup(params, device, mask, what):
+    """DEFAULTS updated by ``params``, the torch device, and the mask as bool (non-empty)."""
+    p = dict(DEFAULTS)
+    p.update(params or {})
+    dev = pick_device(device) if not isinstance(device, torch.device) else device
+    m = np.asarray(mask) != 0
+    if not m.any():
+        raise ValueError(f"{what} is empty")
+    return p, dev, m
+
+
 def _referenced(chi, csf, mask):
     """χ referenced to its mean over the CSF mask (MEDI+0's reference), 0 outside ``mask``."""
     if csf is not None and csf.any():
@@ -78,12 +89,7 @@ def invert(local_field, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None
     ``mask`` (where χ is defined; smaller than ``mask`` only with MEDI's smv), ``weight_mask``
     (the voxels with data, bool) and ``info`` (λ and how it was chosen, iterations).
     """
-    p = dict(DEFAULTS)
-    p.update(params or {})
-    dev = pick_device(device) if not isinstance(device, torch.device) else device
-    m = np.asarray(mask) != 0
-    if not m.any():
-        raise ValueError("the mask is empty")
+    p, dev, m = _setup(params, device, mask, "the mask")
     f = np.where(m, np.nan_to_num(np.asarray(local_field, np.float32)), 0).astype(np.float32)
     noise = m.astype(np.float32) if noise_std is None else np.asarray(noise_std, np.float32)
     noise_eff = effective_noise(noise, m, voxel_size, float(p["edge_mm"]))
@@ -121,6 +127,7 @@ def invert(local_field, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None
         info.update(medi_iterations=res["iterations"], medi_cg=res["cg_iterations"],
                     medi_fft=res["n_fft"], medi_grid=list(res["grid"]),
                     medi_seconds=round(res["seconds"], 2),
+                    medi_cpu_seconds=round(res["cpu_seconds"], 2),
                     medi_misfit_ppm=res["misfit_ppm"])
     elif chi is None:
         raise ValueError(f"unknown dipole inversion {p['inversion']!r}")
@@ -145,12 +152,7 @@ def reconstruct(mag, phase, te, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0),
     the same local field, ppm), ``csf_mask`` (bool), ``magnitude`` (root sum of squares over
     echoes), ``timings`` (s per stage) plus ``info`` (iterations, λ and how it was chosen).
     """
-    p = dict(DEFAULTS)
-    p.update(params or {})
-    dev = pick_device(device) if not isinstance(device, torch.device) else device
-    m = np.asarray(mask) != 0
-    if not m.any():
-        raise ValueError("the brain mask is empty")
+    p, dev, m = _setup(params, device, mask, "the brain mask")
     te = np.asarray(te, float).reshape(-1)
     mag = np.nan_to_num(np.asarray(mag, np.float32))
     phase = np.nan_to_num(np.asarray(phase, np.float32))
