@@ -18,7 +18,7 @@ from scipy import ndimage
 from deepmir import GAMMA_BAR_HZ_PER_T
 from deepmir.dipole import dipole_kernel, kspace_grid
 
-from ._torch import (as_float, bbox, cg, check_voxel_size, fgrad, fgrad_adj, padded_grid,
+from ._torch import (as_float, cg, check_voxel_size, fgrad, padded_grid,
                      embed, unembed, resolve_device, sphere_ball, to_numpy)
 
 

@@ -3,14 +3,13 @@
 A participant is a pure function of (synth config, seed, participant index)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from scipy import ndimage as ndi
 
-from deepmir import GAMMA_BAR_HZ_PER_T, niio, regions
+from deepmir import GAMMA_BAR_HZ_PER_T, regions
 from deepmir.dipole import b0_direction, dipole_field, voxel_sizes
 from deepmir.synth import anatomy as A
 from deepmir.synth import tissue as T

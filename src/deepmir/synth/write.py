@@ -1,7 +1,6 @@
 """Write the synthetic cohort as a BIDS dataset (data contract) with annotations and truth."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
