@@ -72,7 +72,7 @@ class LearnerConfig:
     log_every: int = 25
     dice_weight: float = 1.0
     fg_weight: float = 10.0
-    tta: bool = False
+    tta: bool = True
     depth: int = 4
     base_width: int = 8
     max_width: int | None = None
