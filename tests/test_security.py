@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import make_minimal_bids
 from deepmir.errors import InputError
@@ -177,7 +178,9 @@ def test_every_planned_output_stays_inside_output_dir(tmp_path):
     plans is under output_dir (logs/ and benchmarks/ beside it in the working folder)."""
     bids = make_minimal_bids(tmp_path / "bids", subjects=("sub-01", "sub-02", "sub-03"))
     learn = {"experiments": {"swiqsmCmb": {"channels": ["SWI", "QSM"], "labels": "cmb"}}}
-    applied = model_dir(tmp_path / "m", qsm_clip_sigma=5.0)       # learn's clipping: folds share the stacks
+    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/learn.schema.yaml").read_text())
+    clip = schema["properties"]["learn"]["properties"]["qsm_clip_sigma"]["default"]   # folds share the stacks
+    applied = model_dir(tmp_path / "m", qsm_clip_sigma=clip)
     for name, extra in (("trained", {}), ("applied", {"census": {"model": str(applied)}})):
         res = smk(tmp_path, json.dumps({"bids_dir": str(bids), "output_dir": "out/deep", "learn": learn,
                                         **extra}), "--summary", "--forceall")

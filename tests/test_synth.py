@@ -88,13 +88,15 @@ def test_same_seed_same_participant(tiny_cfg, tiny_sim):
 def test_lesion_counts_follow_the_configured_bins():
     from deepmir.synth.phantom import _count
     rng = np.random.default_rng(0)
-    bins = settings()["lesions"]["cmb_count_bins"]
+    bins = settings({"scale": "paper"})["lesions"]["cmb_count_bins"]        # the study's bins
     counts = np.array([_count(rng, bins) for _ in range(4000)])
     w = np.array([b[2] for b in bins], float)
     w /= w.sum()
     assert np.mean(counts == 0) == pytest.approx(w[0], abs=0.03)
     assert np.mean((counts >= 1) & (counts <= 2)) == pytest.approx(w[1], abs=0.03)
     assert np.mean(counts == 120) == pytest.approx(w[3], abs=0.02)
+    demo = np.array([_count(rng, settings()["lesions"]["cmb_count_bins"]) for _ in range(400)])
+    assert demo.min() == 5 and demo.max() == 10                               # the demo: 5 to 10 each
 
 
 def test_anat_truth_transform_maps_the_brain(tiny_sim):

@@ -54,7 +54,7 @@ SAMPLED_LABELS = {"cmb": (1,), "iron": (2,), "union": (1, 2), "multiclass": (1, 
 class LearnerConfig:
     """Every setting of the default learner (the workflow's ``learn.patch`` section; defaults
     in ``workflow/schemas/learn.schema.yaml``, the only place they are written for users)."""
-    iterations: int = 800
+    iterations: int = 1200
     batch_size: int = 24
     lr: float = 0.003
     weight_decay: float = 0.0001
@@ -67,7 +67,7 @@ class LearnerConfig:
     mine_every: int = 50
     mine_slices: int = 16
     pool_size: int = 512
-    val_every: int = 200
+    val_every: int = 300
     checkpoint_every: int = 50
     log_every: int = 25
     dice_weight: float = 1.0

@@ -31,7 +31,7 @@ MODE_LABELS = {"cmb": (CMB,), "iron": (IRON,), "union": (CMB,), "multiclass": (C
 #: evaluation class of each predicted label, per mode (union: label 1 stands for CMB ∪ iron)
 MODE_CLASS_OF_LABEL = {"cmb": {CMB: "cmb"}, "iron": {IRON: "iron"}, "union": {CMB: "union"},
                        "multiclass": {CMB: "cmb", IRON: "iron"}}
-DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+DEFAULT_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 DEFAULT_MIN_SIZES = (1, 2, 3)
 
 
