@@ -6,8 +6,9 @@ time, and (with stacks) the time each needs to reach a validation lesion-wise F1
     .venv/bin/python bench/train_bench.py --f1-train A.npz B.npz --f1-val C.npz [--budget-s 900]
 
 **Throughput.** ``default`` is the patch learner (``deepmir.learner``) with its default
-settings: 64² patches, 2.5D context (2 modalities × 3 slices), the compact U-Net, batch 16,
-patches drawn by its sampler (lesion oversampling, flips) — patches/s includes the sampling.
+settings (``learn.patch``: patch size, 2.5D context of 2 modalities × 3 slices, the compact
+U-Net, batch size; the table prints them), patches drawn by its sampler (lesion
+oversampling, flips) — patches/s includes the sampling.
 ``paper`` is the study's network on full 256² slices (depth 6, width 64, 3 channels, batch
 16) with the study's augmentation rendered per batch (``deepmir.augment``). Both: Adam(W)
 steps on random data after warm-up steps; FLOPs from the convolutions
