@@ -168,7 +168,8 @@ def time_to_f1(train_paths, val_paths, dev, budget_s, val_every, target=0.8) -> 
     tv, vv = _volumes(tr), _volumes(_labelled_stacks(val_paths, list(ref[0]))[0])
     rows = []
     for name, over in (("default (patch)", {}),
-                       ("paper network", {"depth": PAPER["depth"], "base_width": PAPER["width"]})):
+                       ("paper network", {"depth": PAPER["depth"], "base_width": PAPER["width"],
+                                          "patch_size": 2 ** (PAPER["depth"] - 1) * 2})):
         cfg = LearnerConfig.from_dict({"iterations": 100000, "val_every": val_every, **over})
         seen = {"best": 0.0, "t": None, "it": None, "elapsed": 0.0}
 

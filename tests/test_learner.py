@@ -246,3 +246,10 @@ def test_schema_defaults_are_the_learner_defaults():
     props = schema["properties"]["learn"]["properties"]["patch"]["properties"]
     assert {k: v["default"] for k, v in props.items()} == LearnerConfig().as_dict()
     assert all(v.get("description") for v in props.values())
+
+
+def test_a_patch_the_network_cannot_halve_is_refused():
+    """depth 4 halves a patch three times: 48 works, 36 is refused by name before training."""
+    assert LearnerConfig.from_dict({"patch_size": 48, "depth": 4}).patch_size == 48
+    with pytest.raises(ValueError, match=r"patch_size \(a multiple of 8 at depth 4\)"):
+        LearnerConfig.from_dict({"patch_size": 36, "depth": 4})

@@ -93,6 +93,8 @@ class LearnerConfig:
             bad.append("depth" if self.depth < 2 else "thresholds")
         if not self.min_sizes or not all(int(m) >= 1 for m in self.min_sizes):
             bad.append("min_sizes")
+        if not bad and self.patch_size % 2 ** (self.depth - 1):
+            bad.append(f"patch_size (a multiple of {2 ** (self.depth - 1)} at depth {self.depth})")
         if bad:
             raise ValueError(f"out of range: {', '.join(bad)}")
 
