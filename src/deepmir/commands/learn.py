@@ -304,8 +304,8 @@ def _train_patch(args, out: Path) -> int:
     tr, va, ref = _train_and_val_stacks(args)
     f = 2 ** (cfg.depth - 1)
     odd = [p for p, (x, _) in zip(args.train_stacks + args.val_stacks, tr + va) if x.shape[-1] % f]
-    if odd or cfg.patch_size % f:
-        raise InputError(odd[0] if odd else out, f"slice and patch sizes must be divisible by 2^(depth-1) = {f}")
+    if odd:       # the patch size is checked by LearnerConfig
+        raise InputError(odd[0], f"slice size must be divisible by 2^(depth-1) = {f}")
     tv, vv = _volumes(tr), _volumes(va)
     from deepmir.learner import SAMPLED_LABELS
     if not any(np.isin(v["y"], SAMPLED_LABELS[args.label_mode]).any() for v in tv):
