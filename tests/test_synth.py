@@ -169,6 +169,20 @@ def test_cli_writes_a_participant_beyond_n_participants(tiny_cfg, tmp_path, caps
     assert not (tmp_path / "x").exists()
 
 
+def test_lesions_that_do_not_fit_the_grid_are_refused_in_one_line(tmp_path, capsys):
+    """40 iron deposits cannot sit a voxel diagonal apart in the basal ganglia on a 3 mm grid:
+    one line naming the participant and the settings to change, exit 2, nothing written."""
+    import json
+    from conftest import TINY
+    from deepmir.cli import main
+    crowded = json.dumps({**TINY, "lesions": {**TINY["lesions"], "iron_count_bins": [[40, 40, 1]]}})
+    assert main(["synth", str(tmp_path / "x"), "--config-json", crowded, "--participant", "sub-001"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("deepmir") and "sub-001: synth: no room" in err[0], err
+    assert "synth.lesions" in err[0] and "synth.gre.voxel_size" in err[0]
+    assert not (tmp_path / "x" / "sub-001").exists()
+
+
 def test_code_digest_follows_the_phantom_sources(tmp_path):
     """The synth rules' ``code`` parameter: equal for a copy of the sources, different once a
     phantom module changes (so a workflow re-generates a cohort made by older code)."""

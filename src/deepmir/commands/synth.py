@@ -66,7 +66,11 @@ def run(args) -> int:
         write.write_participants_tsv(root, cfg)
     if wanted or args.head_model_cache:
         anatomy.head_model(args.head_model_cache)
+    from deepmir.synth.phantom import LesionPlacementError
     for pid in wanted:
-        write.write_participant(root, cfg, index[pid], args.annotations)
+        try:
+            write.write_participant(root, cfg, index[pid], args.annotations)
+        except LesionPlacementError as err:
+            raise InputError(pid, f"synth: {err}") from None
         print(f"wrote {pid}", flush=True)
     return 0

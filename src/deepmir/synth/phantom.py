@@ -179,6 +179,10 @@ def _clear(mni, extent, taken, min_dist, gap):
     return all(np.linalg.norm(mni - t) >= max(min_dist, extent + e + gap) for t, e in taken)
 
 
+class LesionPlacementError(ValueError):
+    """The configured lesions do not fit apart on the configured grid."""
+
+
 def _pick(rng, hm, region, taken, min_dist, margin, extent=0.0, gap=0.0):
     """A random MNI point of ``region`` (voxels ``margin`` from a region boundary, ±0.5 mm
     jitter) at least ``min_dist`` from every taken centre and with ``gap`` between its
@@ -191,7 +195,9 @@ def _pick(rng, hm, region, taken, min_dist, margin, extent=0.0, gap=0.0):
             mni = hm.affine[:3, :3] @ ijk + hm.affine[:3, 3] + rng.uniform(-0.5, 0.5, 3)
             if _clear(mni, extent, taken, min_dist, gap):
                 return mni
-    raise RuntimeError(f"could not place a lesion in region {region}")
+    raise LesionPlacementError(
+        f"no room for one more lesion in region {region} (lesions are kept a GRE voxel diagonal "
+        "apart): lower synth.lesions.*_count_bins or use a finer synth.gre.voxel_size")
 
 
 def _count(rng, bins):
