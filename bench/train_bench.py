@@ -37,7 +37,7 @@ import torch
 
 from deepmir.augment import AugmentConfig, make_plan, render
 from deepmir.learner import LearnerConfig, train_patches, train_step
-from deepmir.patches import PatchSampler, SamplerConfig
+from deepmir.patches import PatchSampler
 from deepmir.train import amp_settings, build_model, loss_fn, resolve_device
 from deepmir.unet import flops_per_slice
 
@@ -87,7 +87,7 @@ def patch_throughput(dev, amp, steps, warmup, cfg: LearnerConfig, modalities=2, 
     """Patches/s of the default learner's training step (sampling included)."""
     rng = np.random.default_rng(0)
     vols = [_random_volume(rng, 24, modalities, slice_size) for _ in range(2)]
-    sampler = PatchSampler(vols, SamplerConfig(cfg.patch_size, cfg.context, cfg.fg_fraction, cfg.hard_fraction))
+    sampler = PatchSampler(vols, cfg.sampler)
     in_ch = modalities * (2 * cfg.context + 1)
     model = build_model(3, in_ch, cfg.model, seed=0).to(dev).to(memory_format=torch.channels_last).train()
     use_amp, dtype, use_scaler = amp_settings(dev, amp)

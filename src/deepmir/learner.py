@@ -115,6 +115,10 @@ class LearnerConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @property
+    def sampler(self) -> SamplerConfig:
+        return SamplerConfig(self.patch_size, self.context, self.fg_fraction, self.hard_fraction)
+
+    @property
     def model(self) -> dict:
         return {"depth": self.depth, "base_width": self.base_width, "max_width": self.max_width,
                 "head_relu": False, "negative_slope": 0.01}   # leaky ReLUs, as nnU-Net
@@ -256,8 +260,7 @@ def train_patches(train_vols: list[dict], val_vols: list[dict], mode: str, cfg: 
     in_ch = train_vols[0]["x"].shape[1] * (2 * cfg.context + 1)
     dev = pick_device(device)
     use_amp, amp_dtype, use_scaler = amp_settings(dev, amp)
-    sampler = PatchSampler(train_vols, SamplerConfig(cfg.patch_size, cfg.context, cfg.fg_fraction,
-                                                     cfg.hard_fraction), SAMPLED_LABELS[mode])
+    sampler = PatchSampler(train_vols, cfg.sampler, SAMPLED_LABELS[mode])
     if not sampler.lesions:
         raise ValueError(f"the training volumes hold no '{mode}' lesion to learn from")
     model = build_model(n_classes, in_ch, cfg.model, seed)

@@ -130,10 +130,11 @@ def lesion_weights(volumes, lesions, max_factor: float = 10.0) -> list[np.ndarra
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    patch_size: int = 64
-    context: int = 1
-    fg_fraction: float = 0.5
-    hard_fraction: float = 0.25
+    """The sampler's part of the learner's settings (defaults: ``LearnerConfig``, the schema)."""
+    patch_size: int
+    context: int
+    fg_fraction: float
+    hard_fraction: float
     flips: bool = True
 
 
