@@ -112,6 +112,16 @@ def test_qsm_run_and_swi_commands(phantom, tmp_path):
     side = json.loads((tmp_path / "chi.json").read_text())     # the χ map's sidecar
     assert side["inversion"] == "tkd" and side["settings"]["csf"] is False
     assert side["settings"]["lambda"] == "auto" and side["unit"] == "ppm"
+    # no wall or CPU times: a rerun (or a resume after a kill) writes the same bytes
+    again = tmp_path / "again"
+    again.mkdir()
+    assert main(["qsm-run", "--mag", str(d / "mag.nii.gz"), "--phase", str(d / "phase.nii.gz"),
+                 "--json", str(d / "MEGRE.json"), "--mask", str(d / "mask.nii.gz"),
+                 "--chi", str(again / "chi.nii.gz"), "--r2s", str(again / "r2s.nii.gz"),
+                 "--field", str(again / "field.nii.gz"), "--inversion", "tkd", "--no-csf",
+                 "--device", "cpu"]) == 0
+    assert (again / "chi.json").read_bytes() == (tmp_path / "chi.json").read_bytes()
+    assert not [k for k in side if "second" in k or "timing" in k]
     assert niio.load(o["cfl2"])[0][cmb].mean() > 0.1
     chi = niio.load(o["chi"])[0]
     assert chi[cmb].mean() - np.median(chi[brain]) > 0.2    # PhaseSign −1 handled
