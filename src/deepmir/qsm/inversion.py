@@ -126,26 +126,14 @@ class _DipoleConv:
         self.d = self.half(kernel_full)
         self.n_fft = 0
 
-    def __call__(self, x: torch.Tensor, k: torch.Tensor | None = None,
-                 out: torch.Tensor | None = None) -> torch.Tensor:
-        """x ⊛ kernel; ``out``: a buffer to write the result to (the hot loops reuse theirs:
-        a fresh grid-sized tensor per call costs page faults on the CPU)."""
+    def __call__(self, x: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
+        """x ⊛ kernel (a fresh tensor: torch's FFTs with ``out=`` compute into a temporary
+        and copy it, which costs more than the allocation)."""
         k = self.d if k is None else k
         self.n_fft += 2
         if self.real:
-            xk = torch.fft.rfftn(x, out=self._spectrum(k))
-            xk.mul_(k)
-            return torch.fft.irfftn(xk, s=self.grid, out=out)
-        xk = torch.fft.fftn(x)
-        xk.mul_(k)
-        res = torch.fft.ifftn(xk).real
-        return res.contiguous() if out is None else out.copy_(res)
-
-    def _spectrum(self, k: torch.Tensor) -> torch.Tensor:
-        buf = getattr(self, "_kbuf", None)
-        if buf is None or buf.shape != k.shape or buf.device != k.device:
-            buf = self._kbuf = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-        return buf
+            return torch.fft.irfftn(torch.fft.rfftn(x).mul_(k), s=self.grid)
+        return torch.fft.ifftn(torch.fft.fftn(x).mul_(k)).real.contiguous()
 
     def half(self, k_full: torch.Tensor) -> torch.Tensor:
         """A real kernel given on the full grid, in this convolution's layout. For the real
@@ -165,54 +153,62 @@ class _DipoleConv:
 def _tv_weights(x: torch.Tensor, wg, voxel_size, eps: float):
     """IRLS coefficients of the weighted anisotropic TV, per axis, with the finite-difference
     scale folded in: c = M_G² / (sqrt(|M_G ∇x|² + ε) · d²) (MEDI's wG·Vr·wG); 0 in the last
-    plane along the axis, which has no forward difference (:func:`_tv_apply` relies on it)."""
-    out = []
+    plane along the axis, which has no forward difference (:func:`_tv_apply` relies on it).
+    Returns ``(coef, diag)``: the three per-axis tensors and the stencil's centre weight
+    Σ_axes (c_i + c_{i−1})."""
+    coef = []
+    diag = torch.zeros_like(x).reshape(-1)
     for ax, (wgi, gi) in enumerate(zip(wg, fgrad(x, voxel_size))):
         c = (wgi * gi).square_().add_(eps).rsqrt_().mul_(wgi * wgi)
         c.div_(voxel_size[ax] ** 2).narrow(ax, x.shape[ax] - 1, 1).zero_()
-        out.append(c)
-    return tuple(out)
+        coef.append(c)
+        cf, s = c.reshape(-1), x.stride(ax)
+        diag.add_(cf)
+        diag[s:].add_(cf[: cf.numel() - s])
+    return tuple(coef), diag.reshape(x.shape)
 
 
-def _tv_apply(x: torch.Tensor, coef, out: torch.Tensor, tmp=None,
-              accumulate: bool = False) -> torch.Tensor:
-    """out = ∇ᵀ(C ∇x) (``accumulate``: out += ∇ᵀ(C ∇x)) for forward differences with a
-    zero last plane (MEDI's div(wG·Vr·wG·grad(x))), with the voxel-size scale in ``coef``
-    (from :func:`_tv_weights`, 0 in each axis's last plane). ``x``, ``coef`` and ``out``
-    are contiguous: the difference along an axis is then a shift by its stride in the
+def _tv_apply(x: torch.Tensor, tv, out: torch.Tensor) -> torch.Tensor:
+    """out += ∇ᵀ(C ∇x) for forward differences with a zero last plane (MEDI's
+    div(wG·Vr·wG·grad(x))), ``tv`` = (coef, diag) from :func:`_tv_weights` (voxel-size
+    scale included, each axis's coefficient 0 in its last plane), as the 7-point stencil
+    diag_i x_i − Σ_axes (c_i x_{i+1} + c_{i−1} x_{i−1}). ``x``, the coefficients and
+    ``out`` are contiguous: a neighbour along an axis is then a shift by its stride in the
     flattened arrays (contiguous slices, several times faster than strided ones); where the
-    shift wraps into the next row the coefficient is 0. ``tmp``: an optional flat work
-    buffer of x's size."""
+    shift wraps into the next row the coefficient is 0."""
+    coef, diag = tv
     xf, of = x.reshape(-1), out.reshape(-1)
+    of.addcmul_(diag.reshape(-1), xf)
     for ax, c in enumerate(coef):
         s = x.stride(ax)
         n = xf.numel() - s
-        t = torch.sub(xf[s:], xf[:n], out=None if tmp is None else tmp[:n])
-        t.mul_(c.reshape(-1)[:n])
-        if ax == 0 and not accumulate:       # the first axis writes, the others add
-            of[s:].copy_(t)
-            of[:s].zero_()
-        else:
-            of[s:].add_(t)
-        of[:n].sub_(t)
+        cf = c.reshape(-1)[:n]
+        of[:n].addcmul_(cf, xf[s:], value=-1.0)
+        of[s:].addcmul_(cf, xf[:n], value=-1.0)
     return out
 
 
-def _circulant_precond(conv, coef, w2l, msk, voxel_size):
+def _circulant_precond(conv, tv, w2l, mf, voxel_size):
     """M ≈ A⁻¹ for MEDI's Gauss–Newton operator A = ∇ᵀC∇ + Dᵀ(2λW²)D: the shift-invariant
-    operator with C and 2λW² replaced by their means over the mask, inverted in k-space
-    (two FFTs per application; A's constant null space is left alone)."""
+    operator with C and 2λW² replaced by their means over the mask (``mf``: the mask as
+    0/1 floats), inverted in k-space (two FFTs per application; A's constant null space is
+    left alone)."""
     grid = conv.grid
+    mflat = mf.reshape(-1)
+    n = float(mflat.sum())
+
+    def mean_in_mask(t):
+        return float(torch.dot(t.reshape(-1), mflat)) / n
+
     ks = kspace_grid(grid, voxel_size, rfft=True, device=w2l.device, dtype=w2l.dtype)
-    spec = float(w2l[msk].mean()) * conv.d.real ** 2
-    for k, h, c in zip(ks, voxel_size, coef):
-        spec = spec + float(c[msk].mean()) * (2.0 - 2.0 * torch.cos(2 * np.pi * k * float(h)))
+    spec = mean_in_mask(w2l) * conv.d.real ** 2
+    for k, h, c in zip(ks, voxel_size, tv[0]):
+        spec = spec + mean_in_mask(c) * (2.0 - 2.0 * torch.cos(2 * np.pi * k * float(h)))
     inv = torch.where(spec > 0, 1.0 / spec.clamp_min(1e-30), torch.zeros_like(spec))
     inv = inv.to(conv.d.dtype).contiguous()
-    out = torch.empty(grid, dtype=w2l.dtype, device=w2l.device)
 
     def apply(r):
-        return conv(r, inv, out=out)
+        return conv(r, inv)
     return apply
 
 
@@ -309,8 +305,6 @@ def medi_l1(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude
         r.reshape(-1).index_add_(0, csf_idx, v.sub_(v.mean()), alpha=alpha)  # no device sync
         return r
 
-    work = [torch.empty(grid, dtype=dtype, device=dev) for _ in range(2)]
-    tmp = torch.empty(int(np.prod(grid)), dtype=dtype, device=dev)
     x = torch.zeros(grid, dtype=dtype, device=dev)
     cg_its, ratios, cg_res = [], [], []
     it = 0
@@ -319,19 +313,19 @@ def medi_l1(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude
     badpoint = torch.zeros(grid, dtype=torch.bool, device=dev)
     while ratio > tol_norm_ratio and it < max_iter:
         it += 1
-        coef = _tv_weights(x, wg, vs, eps)
+        tv = _tv_weights(x, wg, vs, eps)
 
-        pc = _circulant_precond(conv, coef, w2l, msk, vs) if precondition else None
+        pc = _circulant_precond(conv, tv, w2l, mf, vs) if precondition else None
 
-        def apply_a(dx, coef=coef, w2l=w2l):
-            r = conv(conv(dx, d, out=work[0]).mul_(w2l), d, out=work[1])
-            _tv_apply(dx, coef, r, tmp, accumulate=True)
+        def apply_a(dx, tv=tv, w2l=w2l):
+            r = conv(conv(dx, d).mul_(w2l), d)
+            _tv_apply(dx, tv, r)
             if csf_f is not None:
                 add_p_csf(r, dx, lam_csf)
             return r
 
         b = conv(torch.sin(conv(x, d).sub_(f)).mul_(w2l), d)
-        _tv_apply(x, coef, b, tmp, accumulate=True)
+        _tv_apply(x, tv, b)
         if csf_f is not None:
             add_p_csf(b, x, lam_csf)
         dx, n_cg, rel_cg = cg(apply_a, b.neg_(), cg_tol, cg_max_iter, precond=pc)
