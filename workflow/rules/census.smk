@@ -14,8 +14,9 @@ def _census_spec():
         return APPLIED_CARD["experiment"], {k: APPLIED_CARD[k] for k in ("channels", "labels")}
     if not LEARN_EXPERIMENTS:
         return None, None
-    name = CENSUS["experiment"] or next(
-        (e for e, s in LEARN_EXPERIMENTS.items() if s["labels"] == "multiclass"), next(iter(LEARN_EXPERIMENTS)))
+    multi = [e for e, s in LEARN_EXPERIMENTS.items() if s["labels"] == "multiclass"]
+    name = CENSUS["experiment"] or max(multi or list(LEARN_EXPERIMENTS)[:1],
+                                       key=lambda e: len(LEARN_EXPERIMENTS[e]["channels"]))
     if name not in LEARN_EXPERIMENTS:
         sys.exit(f"deepmir: error: census.experiment {name!r} is not in learn.experiments")
     return name, LEARN_EXPERIMENTS[name]

@@ -9,6 +9,10 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate as _smk_validate
 
 from deepmir import bids as _bids
+from deepmir.configkeys import schema_keys as _schema_keys
+from deepmir.configkeys import schema_paths as _schema_paths
+from deepmir.configkeys import unknown_key_message as _unknown_key_message
+from deepmir.configkeys import unknown_keys as _unknown_keys
 from deepmir.errors import InputError
 from deepmir.modelcard import read_model_card as _read_model_card
 from deepmir.synth.config import ATLAS_CODE_FILES as _ATLAS_CODE_FILES
@@ -41,8 +45,28 @@ def validate(data, schema):
         bad = err.__cause__ or err.__context__      # the jsonschema ValidationError
         if not hasattr(bad, "absolute_path"):
             raise
+        if bad.validator == "additionalProperties" and isinstance(bad.instance, dict):
+            known = (bad.schema.get("properties") or {}) if isinstance(bad.schema, dict) else {}
+            extra = [k for k in bad.instance if k not in known]
+            if known and extra:
+                sys.exit("deepmir: error: " + _unknown_key_message(
+                    list(bad.absolute_path), extra[0], known, _schema_paths(bad.schema)))
         key = ".".join(str(k) for k in bad.absolute_path) or "(top level)"
         sys.exit(f"deepmir: error: config {key}: {' '.join(bad.message.split())}")
+
+
+def _refuse_unknown_top_level_keys():
+    """Every top-level key must be one that some stage's schema defines: a typo such as
+    bids-dir would otherwise run the synthetic demo instead of the user's data."""
+    folder = os.path.join(workflow.basedir, "workflow", "schemas")
+    schemas = []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".schema.yaml") and name != "model_card.schema.yaml":
+            with open(os.path.join(folder, name)) as fh:
+                schemas.append(yaml.safe_load(fh))
+    bad = _unknown_keys(dict(config), _schema_keys(schemas))
+    if bad:
+        sys.exit(f"deepmir: error: {bad[0]}")
 
 
 def _refuse_unsafe_path(key, value):
@@ -59,6 +83,7 @@ def _refuse_unsafe_path(key, value):
 
 
 config.update(_typed(dict(config)))
+_refuse_unknown_top_level_keys()
 validate(config, "../schemas/config.schema.yaml")
 _CENSUS = config.get("census") if isinstance(config.get("census"), dict) else {}
 for _key, _value in (("output_dir", config["output_dir"]), ("bids_dir", config.get("bids_dir")),
@@ -112,7 +137,10 @@ if SYNTHETIC:
     from deepmir.synth import write as _synth_write
     from deepmir.synth.cohort import participant_ids as _synth_ids
 
-    SYNTH = _synth_settings(config.get("synth"))
+    try:
+        SYNTH = _synth_settings(config.get("synth"))
+    except ValueError as _err:
+        sys.exit(f"deepmir: error: {_err}")
     N_ECHOES = len(SYNTH["gre"]["echo_times"])
     PIDS = _select(_synth_ids(SYNTH["n_participants"]))
     RECORDS = {}

@@ -6,6 +6,8 @@ import copy
 import hashlib
 from pathlib import Path
 
+from deepmir.configkeys import unknown_keys
+
 BASE = {
     "seed": 1,
     "n_participants": 4,
@@ -84,12 +86,20 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _key_tree(d: dict) -> dict:
+    """The keys of a settings dict, nested (a leaf → None), for :func:`unknown_keys`."""
+    return {k: _key_tree(v) if isinstance(v, dict) else None for k, v in d.items()}
+
+
 def settings(user: dict | None = None) -> dict:
     """The full settings: BASE, then the preset named by ``scale`` (default demo), then user."""
     user = dict(user or {})
     scale = user.pop("scale", "demo")
     if scale not in PRESETS:
         raise ValueError(f"synth.scale must be one of {sorted(PRESETS)}, got {scale!r}")
+    bad = unknown_keys(user, _key_tree(BASE), ("synth",))
+    if bad:
+        raise ValueError(bad[0])
     return merge(merge(BASE, PRESETS[scale]), user)
 
 
