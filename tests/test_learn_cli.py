@@ -71,7 +71,8 @@ def test_stack_folds_train_predict_counts(tmp_path, capsys):
     assert split["test"] == ["sub-02"] and len(split["val"]) == 1 and len(split["train"]) == 2
     assert not set(split["train"]) & set(split["val"]) and "sub-02" not in split["train"] + split["val"]
     nn = json.loads((tmp_path / "splits_final.json").read_text())
-    assert len(nn) == 4 and nn[1] == {"train": split["train"], "val": split["val"]}
+    # nnU-Net's meaning: val is the fold's held-out (test) participant, train all the others
+    assert len(nn) == 4 and nn[1] == {"train": ["sub-01", "sub-03", "sub-04"], "val": ["sub-02"]}
     # train the multi-class SWI+QSM model and predict the held-out participant
     out = tmp_path / "fold"
     assert run("train", "--train-stacks", *[stacks[p] for p in split["train"]],

@@ -42,8 +42,11 @@ def loo_folds(participants_with_labels: list[str], seed: int, val_fraction: floa
 
 
 def nnunet_splits(folds: list[dict]) -> list[dict]:
-    """The folds as nnU-Net's ``splits_final.json``: ``[{"train": [...], "val": [...]}, ...]``."""
-    return [{"train": list(f["train"]), "val": list(f["val"])} for f in folds]
+    """The folds as nnU-Net's ``splits_final.json``: ``[{"train": [...], "val": [...]}, ...]``
+    with nnU-Net's meaning: ``val`` is the fold's held-out set, on which nnU-Net validates the
+    trained model, i.e. our test participant; nnU-Net trains for a fixed number of epochs
+    without a selection set, so ``train`` is our training and validation participants."""
+    return [{"train": sorted([*f["train"], *f["val"]]), "val": list(f["test"])} for f in folds]
 
 
 def train_val_split(participants: list[str], seed: int, val_fraction: float = 0.25) -> dict:
