@@ -54,12 +54,13 @@ def test_default_demo_dag(tmp_path):
     rc, text = dry_run(tmp_path, BASE)
     assert rc == 0, text
     n = job_counts(text)
-    assert n["stack"] == 4 and n["learn_split"] == 4 and n["learn_train"] == 4 and n["learn_predict"] == 4
-    assert n["learn_splits_final"] == 1 and n["learn_lesion_counts"] == 1
+    # the schema's default experiments: the demo's pair (SWI and SWI+QSM, multi-class)
+    assert n["stack"] == 4 and n["learn_split"] == 8 and n["learn_train"] == 8 and n["learn_predict"] == 8
+    assert n["learn_splits_final"] == 2 and n["learn_lesion_counts"] == 2
 
 
 def test_one_fold_is_one_target(tmp_path):
-    target = "results/learn/swiqsmUnion/fold-sub-002/sub-002_space-MEGRE_desc-swiqsmUnion_dseg.nii.gz"
+    target = "results/learn/swiqsmMulti/fold-sub-002/sub-002_space-MEGRE_desc-swiqsmMulti_dseg.nii.gz"
     rc, text = dry_run(tmp_path, BASE, target)
     assert rc == 0, text
     n = job_counts(text)

@@ -136,3 +136,37 @@ def test_a_trained_model_whose_normalisation_differs_from_the_folds_is_refused(t
                             "--configfile", str(work / "config.yaml")], capture_output=True, text=True)
         assert r.returncode != 0 and why in r.stderr and "deepmir: error" in r.stderr, r.stderr[-2000:]
         assert not (work / "results").exists()
+
+
+def _default_channel_settings(channels):
+    """The channel settings of the default config, filled in by Snakemake's own validate."""
+    from snakemake.utils import validate
+
+    from deepmir.modelcard import channel_settings
+    cfg = {}
+    for stage in ("anat", "qsm"):
+        validate(cfg, str(ROOT / "workflow" / "schemas" / f"{stage}.schema.yaml"))
+    return channel_settings(cfg, channels)
+
+
+def test_a_model_whose_channels_were_made_otherwise_is_refused(tmp_path):
+    """The card records the anat, swi and qsm settings its channels were made with; applying
+    it under other settings is refused, naming the key; the same settings are accepted."""
+    bids = make_minimal_bids(tmp_path / "bids", subjects=("sub-01", "sub-02", "sub-03"))
+    same = _default_channel_settings(["SWI", "QSM"])
+    assert {"anat", "qsm", "swi"} == set(same) and "threads" not in same["qsm"]
+    other = json.loads(json.dumps(same))
+    other["qsm"]["lambda"] = 100.0
+    for settings, why in ((same, None), (other, "qsm.lambda: the model's 100.0, this config's 'auto'")):
+        work = tmp_path / ("same" if why is None else "other")
+        work.mkdir()
+        model = _model(work, settings=settings, versions={"deepmir": "0.1.0", "torch": "2.13.0"})
+        (work / "config.yaml").write_text(f"bids_dir: {bids}\noutput_dir: results\nlearn: {{enabled: false}}\n"
+                                          f"census: {{model: {model}}}\nqsm: {{threads: 3}}\n")
+        r = subprocess.run([str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--directory", str(work), "-n",
+                            "--configfile", str(work / "config.yaml")], capture_output=True, text=True)
+        if why is None:      # qsm.threads differs: where a stage runs is not what it makes
+            assert r.returncode == 0, r.stderr[-2000:]
+        else:
+            assert r.returncode != 0 and why in r.stderr and "deepmir: error: census.model" in r.stderr, r.stderr[-2000:]
+            assert not (work / "results").exists()

@@ -3,7 +3,11 @@
 # — annotated or not, including ones added later (only their jobs run) — and a lesion census
 # per participant with cohort tables. With `census.model` set, that trained model is applied
 # and nothing is trained (a new BIDS dataset without annotations works).
+import importlib.metadata as _metadata
+
+from deepmir import __version__ as _deepmir_version
 from deepmir.folds import train_val_split as _train_val_split
+from deepmir.modelcard import channel_settings as _channel_settings
 
 CENSUS = config["census"]   # validated (defaults filled) in learn.smk
 
@@ -88,7 +92,9 @@ if _FINAL_TRAINABLE:
             card=dict(experiment=CENSUS_EXP, channels=CENSUS_SPEC["channels"], labels=CENSUS_SPEC["labels"],
                       slice_size=LEARN["slice_size"], qsm_clip_sigma=LEARN["qsm_clip_sigma"],
                       normalisation="each channel z-scored inside the brain mask (QSM clipped first)",
-                      split=_FINAL_SPLIT, learn=LEARN),
+                      split=_FINAL_SPLIT, learn=LEARN,
+                      settings=_channel_settings(config, CENSUS_SPEC["channels"]),
+                      versions={"deepmir": _deepmir_version, "torch": _metadata.version("torch")}),
         run:
             card = dict(params.card)
             if "selection" in input.keys():

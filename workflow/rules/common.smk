@@ -55,10 +55,13 @@ def validate(data, schema):
         sys.exit(f"deepmir: error: config {key}: {' '.join(bad.message.split())}")
 
 
+_SCHEMA_DIR = os.path.join(str(workflow.current_basedir), "..", "schemas")
+
+
 def _refuse_unknown_top_level_keys():
     """Every top-level key must be one that some stage's schema defines: a typo such as
     bids-dir would otherwise run the synthetic demo instead of the user's data."""
-    folder = os.path.join(workflow.basedir, "workflow", "schemas")
+    folder = _SCHEMA_DIR
     schemas = []
     for name in sorted(os.listdir(folder)):
         if name.endswith(".schema.yaml") and name != "model_card.schema.yaml":

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from deepmir import niio as _niio
 from deepmir.folds import loo_folds as _loo_folds
+from deepmir.modelcard import channel_settings as _channel_settings
+from deepmir.modelcard import settings_mismatch as _settings_mismatch
 
 
 validate(config, "../schemas/learn.schema.yaml")
@@ -27,6 +29,16 @@ _CHANNEL_ORDER = ("SWI", "QSM", "T2")
 # it and the card's (the network is fully convolutional; `deepmir stack` refuses a size that
 # would cut the brain); with either of them null, each participant's own matrix is fitted.
 APPLIED_CARD = MODEL_CARD   # read and checked against its schema in common.smk
+if APPLIED_CARD:
+    # the channels must be made as the model's were (QSM, SWI and anat settings)
+    if "settings" not in APPLIED_CARD:
+        print(f"deepmir: census.model {config['census']['model']}: its card records no channel "
+              "settings (a card older than deepmir 0.1.0's); they are not checked", file=sys.stderr)
+    else:
+        _diff = _settings_mismatch(APPLIED_CARD["settings"], _channel_settings(config, APPLIED_CARD["channels"]))
+        if _diff:
+            sys.exit(f"deepmir: error: census.model {config['census']['model']}: its channels were made "
+                     f"with other settings: {_diff} (set the model's value or apply another model)")
 _SIZES = [LEARN["slice_size"]] + ([APPLIED_CARD["slice_size"]] if APPLIED_CARD else [])
 STACK_SETTINGS = {"slice_size": "auto" if None in _SIZES else max(int(v) for v in _SIZES),
                   "multiple": max(32, 2 ** (LEARN["model"]["depth"] - 1)),
