@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     rows = []
     for stage in STAGES:
         for p in args.participants:
-            f = work / "benchmarks" / stage / f"{p}.tsv"
+            f = work / cfg["output_dir"] / "benchmarks" / stage / f"{p}.tsv"
             if f.exists():
                 b = pd.read_csv(f, sep="\t").iloc[-1]
                 rows.append(dict(stage=stage, participant=p, s=b["s"], cpu_s=b["cpu_time"],

@@ -35,6 +35,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIPPED = ("report/benchmarks.tsv", "report/benchmarks.md")      # wall times: differ by design
+SKIPPED_DIRS = ("logs/", "benchmarks/")     # the jobs' logs and Snakemake benchmarks (times, pids)
 
 
 # ------------------------------------------------------------------------------ processes
@@ -160,7 +161,8 @@ def compare(ref: Path, run: Path) -> tuple[list[str], int]:
     def files(root):
         return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink()}
 
-    fa, fb = files(ref), files(run)
+    fa = {f for f in files(ref) if not f.startswith(SKIPPED_DIRS)}
+    fb = {f for f in files(run) if not f.startswith(SKIPPED_DIRS)}
     diffs = [f"left behind: {f}" for f in sorted(fb) if Path(f).name.startswith(".tmp-")]
     fb = {f for f in fb if not Path(f).name.startswith(".tmp-")}
     diffs += [f"missing: {f}" for f in sorted(fa - fb)] + [f"extra: {f}" for f in sorted(fb - fa)]

@@ -23,6 +23,8 @@ def _tree(root):
 def test_compare_finds_every_kind_of_difference(tmp_path):
     ref, run = _tree(tmp_path / "ref"), _tree(tmp_path / "run")
     niio.write_text(run / "report" / "benchmarks.tsv", "s\n2.0\n")          # timings: not compared
+    niio.write_text(run / "logs" / "qsm" / "sub-1.log", "qsm: 3.1 s\n")     # logs neither
+    niio.write_text(run / "benchmarks" / "qsm" / "sub-1.tsv", "s\n3.1\n")
     assert chaos.compare(ref, run) == ([], 3)
     niio.save(run / "qsm" / "chi.nii.gz", (np.arange(8.0) + (np.arange(8) == 7) * 1e-3).reshape(2, 2, 2),
               np.eye(4))

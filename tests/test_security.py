@@ -175,7 +175,8 @@ def test_model_card_file_problems(tmp_path):
 
 def test_every_planned_output_stays_inside_output_dir(tmp_path):
     """Learning, the final model and the census with an applied model: every file the workflow
-    plans is under output_dir (logs/ and benchmarks/ beside it in the working folder)."""
+    plans is under output_dir, its logs and Snakemake benchmarks too (nothing in the checkout
+    or the working folder)."""
     bids = make_minimal_bids(tmp_path / "bids", subjects=("sub-01", "sub-02", "sub-03"))
     learn = {"experiments": {"swiqsmCmb": {"channels": ["SWI", "QSM"], "labels": "cmb"}}}
     schema = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/learn.schema.yaml").read_text())
@@ -187,6 +188,10 @@ def test_every_planned_output_stays_inside_output_dir(tmp_path):
         assert res.returncode == 0, res.stderr[-2000:]
         files = [ln.split("\t")[0] for ln in res.stdout.splitlines()[1:] if "\t" in ln]
         assert len(files) > 50, (name, files)
+        plan = smk(tmp_path, (tmp_path / "config.yaml").read_text(), "-n", "--forceall")
+        logs = re.findall(r"^\s+(?:log|benchmark): (.+)$", plan.stdout, re.M)
+        assert len(logs) > 20, (name, plan.stdout[-2000:])
+        files += [f for ln in logs for f in ln.split(", ")]
         outside = [f for f in files if not (tmp_path / f).resolve().is_relative_to((tmp_path / "out" / "deep").resolve())]
         assert outside == [], (name, outside)
 

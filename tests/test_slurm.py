@@ -361,7 +361,8 @@ def test_rerun_continues_where_it_stopped(slurm_run, tmp_path):
 LEARN_CONFIG = {
     "output_dir": "results",
     "synth": {"scale": "demo", "seed": 3, "n_participants": 3},
-    "learn": {"threads": 1, "device": "cpu", "train_mem_mb": 1000, "train_runtime": 10,
+    "learn": {"experiments": {"swiqsmUnion": {"channels": ["SWI", "QSM"], "labels": "union"}},
+              "threads": 1, "device": "cpu", "train_mem_mb": 1000, "train_runtime": 10,
               "patch": {"iterations": 300, "batch_size": 8, "patch_size": 16, "depth": 3, "base_width": 4,
                         "checkpoint_every": 10, "log_every": 10, "val_every": 50, "mine_every": 20,
                         "mine_slices": 2}},
@@ -423,7 +424,7 @@ def test_preempted_training_resumes(cluster, tmp_path, request):
     (wd / fold).mkdir(parents=True)
     assert deepmir(["folds", "--participants", *pids, "--seed", "0", "--val-fraction", "0.25",
                     "--fold", "sub-001", "--fold-out", str(wd / fold / "split.json")]) == 0
-    log = wd / "logs" / "learn" / "swiqsmUnion" / "fold-sub-001_train.log"
+    log = wd / "results" / "logs" / "learn" / "swiqsmUnion" / "fold-sub-001_train.log"
     cmd = [*SNAKEMAKE, f"{fold}/best.pt", "-s", str(snakefile), "-d", str(wd), "--profile", str(PROFILE),
            *FAST_POLLING, "--allowed-rules", "learn_split", "learn_train",
            "--set-resources", "learn_train:gpu=0"]  # the test cluster has no GPU

@@ -48,7 +48,7 @@ if _FINAL_TRAINABLE:
             seed=LEARN["seed"],
             val_fraction=CENSUS["val_fraction"],
         log:
-            "logs/final/split.log",
+            OUT + "/logs/final/split.log",
         shell:
             "deepmir final-split --participants {params.pids:q} --seed {params.seed} "
             "--val-fraction {params.val_fraction} --out {output:q} > {log:q} 2>&1"
@@ -68,9 +68,9 @@ if _FINAL_TRAINABLE:
             options=_train_options,
         threads: LEARN["threads"]
         log:
-            "logs/final/train.log",
+            OUT + "/logs/final/train.log",
         benchmark:
-            "benchmarks/final/train.tsv"
+            OUT + "/benchmarks/final/train.tsv"
         resources:
             mem_mb=lambda wc, attempt: LEARN["train_mem_mb"] * attempt,
             runtime=LEARN["train_runtime"],
@@ -201,7 +201,7 @@ if CENSUS_EXP and (_FINAL_TRAINABLE or CENSUS["model"]):
                          category="Census"),
             summary=f"{OUT}/report/census/cohort_summary.md",
         log:
-            "logs/census/cohort.log",
+            OUT + "/logs/census/cohort.log",
         shell:
             "deepmir cohort-table {input:q} --output {output.table:q} --summary {output.summary:q} > {log:q} 2>&1"
 
@@ -219,9 +219,11 @@ rule benchmark_table:
         tsv=f"{OUT}/report/benchmarks.tsv",
         md=report(f"{OUT}/report/benchmarks.md", caption="../report/benchmarks.rst", category="Benchmarks"),
     log:
-        "logs/report/benchmarks.log",
+        OUT + "/logs/report/benchmarks.log",
+    params:
+        bench_dir=f"{OUT}/benchmarks",
     shell:
-        "deepmir bench-table --dir benchmarks --output {output.tsv:q} --markdown {output.md:q} > {log:q} 2>&1"
+        "deepmir bench-table --dir {params.bench_dir:q} --output {output.tsv:q} --markdown {output.md:q} > {log:q} 2>&1"
 
 
 ALL_TARGETS += [rules.benchmark_table.output.md]

@@ -167,11 +167,13 @@ def out(stage, pid, name):
 
 
 def log_path(stage, pid):
-    return f"logs/{stage}/{pid}.log"
+    """Logs and Snakemake benchmarks live under output_dir: two datasets run from one checkout
+    keep their own, and nothing is written into the checkout."""
+    return f"{OUT}/logs/{stage}/{pid}.log"
 
 
 def bench_path(stage, pid):
-    return f"benchmarks/{stage}/{pid}.tsv"
+    return f"{OUT}/benchmarks/{stage}/{pid}.tsv"
 
 
 def _anat_dir(pid):

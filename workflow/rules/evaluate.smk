@@ -185,7 +185,7 @@ rule evaluate_aggregate:
         quantile=EVAL["outlier_quantile"],
         scale=EVAL["outlier_scale"],
     log:
-        "logs/evaluate/aggregate.log",
+        OUT + "/logs/evaluate/aggregate.log",
     resources:
         mem_mb=2000,
         runtime=10,
@@ -211,7 +211,7 @@ rule evaluate_overlay:
         n_slices=EVAL["overlay"]["n_slices"],
         tol=EVAL["tolerance"]["cmb"],
     log:
-        "logs/evaluate/overlay_{pid}.log",
+        OUT + "/logs/evaluate/overlay_{pid}.log",
     resources:
         mem_mb=1500,
         runtime=5,
@@ -259,7 +259,7 @@ if _QSM_TABLE:
                        category="Tables", subcategory="QSM accuracy"),
             md=f"{REPORT}/qsm_accuracy.md",
         log:
-            "logs/evaluate/qsm_table.log",
+            OUT + "/logs/evaluate/qsm_table.log",
         shell:
             "deepmir qsm-table --inputs {input:q} --out-tsv {output.tsv:q} --out-md {output.md:q} "
             "> {log:q} 2>&1"
@@ -280,7 +280,7 @@ rule report:
         qsm=lambda wc, input: f"--qsm-table {shlex.quote(input.qsm[0])}" if input.qsm else "",
         tolerances=_TOL_TEXT,
     log:
-        "logs/report/summary.log",
+        OUT + "/logs/report/summary.log",
     shell:
         "deepmir summary --report-dir {params.report_dir:q} {params.qsm} "
         "--figures {input.overlays:q} --tolerances {params.tolerances:q} --out {output:q} > {log:q} 2>&1"

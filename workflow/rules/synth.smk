@@ -11,7 +11,7 @@ rule atlas:
     conda:
         "../../envs/base.yaml"
     log:
-        "logs/atlas.log",
+        OUT + "/logs/atlas.log",
     shell:
         "deepmir atlas --out {output:q} > {log:q} 2>&1"
 
@@ -29,7 +29,7 @@ if SYNTHETIC:
         conda:
             "../../envs/base.yaml"
         log:
-            "logs/synth/dataset.log",
+            OUT + "/logs/synth/dataset.log",
         shell:
             "deepmir synth {params.bids_dir:q} --dataset-files --annotations {params.annotations:q} "
             "> {log:q} 2>&1"
@@ -43,7 +43,7 @@ if SYNTHETIC:
         conda:
             "../../envs/base.yaml"
         log:
-            "logs/synth/participants.log",
+            OUT + "/logs/synth/participants.log",
         shell:
             "deepmir synth {params.bids_dir:q} --config-json {params.cfg:q} --participants-tsv "
             "> {log:q} 2>&1"
