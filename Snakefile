@@ -13,6 +13,7 @@ include: "workflow/rules/qsm.smk"
 include: "workflow/rules/learn.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/census.smk"
+include: "workflow/rules/provenance.smk"
 
 
 rule all:

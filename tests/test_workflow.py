@@ -170,3 +170,25 @@ def test_a_model_whose_channels_were_made_otherwise_is_refused(tmp_path):
         else:
             assert r.returncode != 0 and why in r.stderr and "deepmir: error: census.model" in r.stderr, r.stderr[-2000:]
             assert not (work / "results").exists()
+
+
+def test_the_output_folder_is_a_bids_derivative_dataset(tmp_path):
+    """dataset_description.json (derivative, GeneratedBy deepmir's version, the source dataset
+    as a relative URL with its Name/DOI) and the resolved configuration at the output's top."""
+    import yaml
+
+    import deepmir
+    bids = make_minimal_bids(tmp_path / "bids", subjects=("sub-01", "sub-02", "sub-03"))
+    desc = json.loads((bids / "dataset_description.json").read_text())
+    (bids / "dataset_description.json").write_text(json.dumps({**desc, "Name": "cohort X",
+                                                               "DatasetDOI": "doi:10.1/x"}))
+    (tmp_path / "config.yaml").write_text(f"bids_dir: {bids}\noutput_dir: out/deep\nlearn: {{enabled: false}}\n")
+    smk(tmp_path, "-p", "out/deep/dataset_description.json", "out/deep/deepmir_config.yaml")
+    d = json.loads((tmp_path / "out/deep/dataset_description.json").read_text())
+    assert d["DatasetType"] == "derivative" and d["BIDSVersion"]
+    assert d["GeneratedBy"][0]["Name"] == "deepmir" and d["GeneratedBy"][0]["Version"] == deepmir.__version__
+    assert d["SourceDatasets"] == [{"URL": "file:../../bids", "DOI": "doi:10.1/x", "Name": "cohort X"}]
+    cfg = yaml.safe_load((tmp_path / "out/deep/deepmir_config.yaml").read_text())
+    assert cfg["bids_dir"] == str(bids) and cfg["qsm"]["lambda"] == "auto"      # defaults filled in
+    assert not [p for p in (tmp_path / "out/deep").rglob("*") if p.is_file() and "logs" not in p.parts
+                and p.name not in ("dataset_description.json", "deepmir_config.yaml")]
