@@ -30,8 +30,11 @@ AFFINE_TOL_MM = 1e-3
 QFORM_TOL_MM = 0.1          # sform and qform may differ by rounding, not by a placement
 MIN_ECHO_TIME_S = 1e-4      # shorter: EchoTime is not in seconds
 MAX_DEFLATE_RATIO = 1100    # gzip's deflate cannot compress more than ~1032:1
-ECHO_RE = re.compile(r"_echo-(\d+)_part-(mag|phase)_MEGRE\.nii(\.gz)?$")
 LABEL_RE = re.compile(r"[A-Za-z0-9]+")
+NAME_RE = re.compile(r"^((?:[a-z]+-[A-Za-z0-9]+_)+)([A-Za-z0-9]+)\.nii(\.gz)?$")
+GRE_SUFFIXES = ("MEGRE", "T2starw")       # multi-echo GRE, with echo- and part- entities
+# the entities that tell two series of one contrast apart (and that bids_filters may name)
+SERIES_ENTITIES = ("acq", "ce", "rec", "run")
 
 
 @dataclass
@@ -52,6 +55,36 @@ class Record:
 
     def sidecar(self, nifti: Path) -> Path:
         return nifti.with_name(re.sub(r"\.nii(\.gz)?$", ".json", nifti.name))
+
+
+def parse_name(name: str):
+    """``(entities, suffix)`` of a BIDS NIfTI file name (entities in file order, values as
+    strings), or None when the name is not of the form ``key-value_…_suffix.nii[.gz]``."""
+    m = NAME_RE.match(name)
+    if not m:
+        return None
+    pairs = [kv.split("-", 1) for kv in m.group(1).rstrip("_").split("_")]
+    return dict(pairs), m.group(2)
+
+
+def _series_label(entities: dict, suffix: str) -> str:
+    return "_".join([f"{k}-{entities[k]}" for k in SERIES_ENTITIES if k in entities] + [suffix])
+
+
+def _choose_series(found: dict, wanted: dict, folder: Path, what: str, option: str):
+    """``(key, files)`` of the one series of ``found`` ({(suffix, series entities): files})
+    that matches every entity in ``wanted`` (``suffix`` included); (None, None) when there is
+    none; several: refused in one line listing them and naming the option that chooses."""
+    def same(a, b):        # run 1 selects run-01 too
+        a, b = str(a), None if b is None else str(b)
+        return a == b or (b is not None and a.isdigit() and b.isdigit() and int(a) == int(b))
+    keep = {k: v for k, v in found.items()
+            if all(same(wanted[e], k[0] if e == "suffix" else dict(k[1]).get(e)) for e in wanted)}
+    if len(keep) > 1:
+        names = ", ".join(sorted(_series_label(dict(k[1]), k[0]) for k in keep))
+        raise InputError(folder, f"several {what} series ({names}): choose one with {option} "
+                                 "(BIDS entities acq, ce, rec, run or suffix)")
+    return next(iter(keep.items())) if keep else (None, None)
 
 
 def _nifti(folder: Path, stem: str) -> Path | None:
@@ -78,9 +111,12 @@ def _folders(parent: Path, prefix: str, what: str) -> list[Path]:
     return found
 
 
-def discover(bids_dir, annotations: str = "annotations", only: str | None = None) -> list[Record]:
+def discover(bids_dir, annotations: str = "annotations", only: str | None = None,
+             filters: dict | None = None) -> list[Record]:
     """All participants (subject or subject-session) with their files, sorted by id; with
-    ``only`` (a participant id), just that one (other participants are not looked at)."""
+    ``only`` (a participant id), just that one (other participants are not looked at).
+    ``filters``: ``{"gre" | "T1w" | "T2w": {entity: value}}`` choosing among several series of
+    one contrast (config ``bids_filters``)."""
     root = Path(bids_dir)
     if not root.is_dir():
         raise InputError(root, "BIDS directory does not exist")
@@ -113,7 +149,7 @@ def discover(bids_dir, annotations: str = "annotations", only: str | None = None
             rec = Record(sub=sdir.name, ses=ses, anat_dir=anat)
             if only is not None and rec.pid != only:
                 continue
-            _find_files(rec, root, annotations)
+            _find_files(rec, root, annotations, filters or {})
             records.append(rec)
     if not records:
         raise InputError(root, "no sub-* folders: the dataset has no participants")
@@ -140,35 +176,57 @@ def _check_participants_tsv(root: Path, subs: list[str], compare: bool = True):
                 raise InputError(tsv, f"{', '.join(names[:5])}{' …' if len(names) > 5 else ''} {which}")
 
 
-def _find_files(rec: Record, root: Path, annotations: str):
+def _find_files(rec: Record, root: Path, annotations: str, filters: dict):
+    """The participant's files, by BIDS entities: the multi-echo GRE (``MEGRE`` or
+    ``T2starw`` with ``echo-`` and ``part-mag|phase``), T1w and T2w, each one series (several,
+    told apart by acq/ce/rec/run, need ``filters``), and the annotation dseg."""
     prefix = rec.pid
     if not rec.anat_dir.is_dir():
         raise InputError(rec.anat_dir, "missing anat folder")
-    echoes: dict[str, dict[int, Path]] = {"mag": {}, "phase": {}}
+    want = {"sub": rec.sub[4:], **({"ses": rec.ses[4:]} if rec.ses else {})}
+    gre: dict = {}
+    anat: dict[str, dict] = {"T1w": {}, "T2w": {}}
     for p in sorted(rec.anat_dir.iterdir()):
         if p.name.startswith(prefix + "_") and p.is_symlink() and not p.exists():
             raise InputError(p, "broken or looping symbolic link")
-        m = ECHO_RE.search(p.name)
-        if m and p.name.startswith(prefix + "_echo-"):
-            n, part = int(m.group(1)), m.group(2)
-            if n in echoes[part]:
-                raise InputError(p, f"echo {n} ({part}) given twice")
-            echoes[part][n] = p
-    if not echoes["mag"]:
+        parsed = parse_name(p.name)
+        if parsed is None:
+            continue
+        ent, suffix = parsed
+        if {k: ent.get(k) for k in want} != want:
+            continue
+        key = (suffix, tuple((k, ent[k]) for k in SERIES_ENTITIES if k in ent))
+        if suffix in GRE_SUFFIXES and "echo" in ent and ent.get("part") in ("mag", "phase"):
+            if not ent["echo"].isdigit():
+                raise InputError(p, f"echo label {ent['echo']!r} is not a number")
+            echoes = gre.setdefault(key, {"mag": {}, "phase": {}})[ent["part"]]
+            n = int(ent["echo"])
+            if n in echoes:
+                raise InputError(p, f"echo {n} ({ent['part']}) given twice")
+            echoes[n] = p
+        elif suffix in anat and not set(ent) - {"sub", "ses", *SERIES_ENTITIES}:
+            if key in anat[suffix]:
+                raise InputError(p, f"both {anat[suffix][key].name} and {p.name} exist; keep one")
+            anat[suffix][key] = niio.regular_file(p, "image")
+    key, echoes = _choose_series(gre, filters.get("gre", {}), rec.anat_dir, "multi-echo GRE",
+                                 "bids_filters.gre")
+    if not echoes or not echoes["mag"]:
         raise InputError(rec.anat_dir / f"{prefix}_echo-1_part-mag_MEGRE.nii.gz",
-                         "missing: no magnitude echoes (MEGRE) for this participant")
+                         "missing: no magnitude echoes (MEGRE, or T2starw with part-mag) for "
+                         "this participant" + (" that bids_filters.gre selects" if gre else ""))
     n_echo = max(max(echoes["mag"]), max(echoes["phase"], default=0))
+    series = "".join(f"_{k}-{v}" for k, v in key[1])
     for n in range(1, n_echo + 1):
         for part in ("mag", "phase"):
             if n not in echoes[part]:
                 other = echoes["mag" if part == "phase" else "phase"].get(n)
                 what = "echo numbering gap" if other is None else f"{part} missing for echo {n}"
-                raise InputError(rec.anat_dir / f"{prefix}_echo-{n}_part-{part}_MEGRE.nii.gz",
+                raise InputError(rec.anat_dir / f"{prefix}{series}_echo-{n}_part-{part}_{key[0]}.nii.gz",
                                  f"missing ({what}; echoes must be numbered 1..{n_echo})")
     rec.mag = [echoes["mag"][n] for n in range(1, n_echo + 1)]
     rec.phase = [echoes["phase"][n] for n in range(1, n_echo + 1)]
-    rec.t1w = _nifti(rec.anat_dir, f"{prefix}_T1w")
-    rec.t2w = _nifti(rec.anat_dir, f"{prefix}_T2w")
+    rec.t1w, rec.t2w = (_choose_series(anat[s], filters.get(s, {}), rec.anat_dir, s,
+                                       f"bids_filters.{s}")[1] for s in ("T1w", "T2w"))
     ann_dir = root / "derivatives" / annotations / rec.sub
     if rec.ses:
         ann_dir = ann_dir / rec.ses
@@ -395,9 +453,9 @@ def load_checked(rec: Record, min_echoes: int = 1, phase_unit: str = "auto", inf
     return mag, rad, affine, info
 
 
-def find(bids_dir, pid: str, annotations: str = "annotations") -> Record:
+def find(bids_dir, pid: str, annotations: str = "annotations", filters: dict | None = None) -> Record:
     """The record of one participant, looking at no other."""
-    records = discover(bids_dir, annotations, only=pid)
+    records = discover(bids_dir, annotations, only=pid, filters=filters)
     if not records:
         raise InputError(Path(bids_dir) / pid.replace("_", "/"), "no such participant/session")
     return records[0]

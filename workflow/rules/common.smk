@@ -152,7 +152,7 @@ else:
     # header-level validation of every participant before any job starts; the voxel-level
     # checks run in each participant's `inputs` job, the first job of its chain
     try:
-        RECORDS = {r.pid: r for r in _bids.discover(BIDS, ANNOTATIONS)}
+        RECORDS = {r.pid: r for r in _bids.discover(BIDS, ANNOTATIONS, filters=config["bids_filters"])}
         PIDS = _select(sorted(RECORDS))
         for _pid in PIDS:
             _bids.check_headers(RECORDS[_pid], config["min_echoes"])

@@ -17,6 +17,7 @@ rule inputs:
         phase_sign=config["phase_sign"],
         phase_unit=config["phase_unit"],
         min_echoes=config["min_echoes"],
+        filters=json.dumps(config["bids_filters"]),
     conda:
         "../../envs/base.yaml"
     log:
@@ -30,7 +31,7 @@ rule inputs:
         "deepmir inputs --bids-dir {params.bids_dir:q} --pid {wildcards.pid:q} "
         "--annotations {params.annotations:q} "
         "--phase-sign {params.phase_sign} --phase-unit {params.phase_unit} "
-        "--min-echoes {params.min_echoes} --mag {output.mag:q} --phase {output.phase:q} "
+        "--min-echoes {params.min_echoes} --bids-filters {params.filters:q} --mag {output.mag:q} --phase {output.phase:q} "
         "--json {output.json:q} > {log:q} 2>&1"
 
 

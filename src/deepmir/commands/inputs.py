@@ -3,6 +3,8 @@
 description: the first stage of the workflow)."""
 from __future__ import annotations
 
+import argparse
+import json
 from pathlib import Path
 
 from deepmir import bids, niio
@@ -18,6 +20,7 @@ def register(sub):
     p.add_argument("--headers-only", action="store_true",
                    help="skip the voxel-level checks (fast)")
     p.add_argument("--min-echoes", type=int, default=1)
+    _filters_option(p)
     p.set_defaults(func=run_validate)
 
     p = sub.add_parser("inputs", help="one participant's checked MEGRE series (workflow stage)")
@@ -28,14 +31,31 @@ def register(sub):
                    help="used when the phase JSON has no PhaseSign")
     p.add_argument("--phase-unit", default="auto", choices=("auto", "radians", "siemens", "rescale"))
     p.add_argument("--min-echoes", type=int, default=1)
+    _filters_option(p)
     p.add_argument("--mag", required=True, help="output 4D magnitude")
     p.add_argument("--phase", required=True, help="output 4D phase (radians)")
     p.add_argument("--json", required=True, help="output series description")
     p.set_defaults(func=run_inputs)
 
 
+def _filters(text):
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err}")
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise argparse.ArgumentTypeError('expected {"gre"|"T1w"|"T2w": {entity: value}}')
+    return value
+
+
+def _filters_option(p):
+    p.add_argument("--bids-filters", type=_filters, default={}, metavar="JSON",
+                   help='choose among several series of a contrast by BIDS entity, e.g. '
+                        '\'{"gre": {"acq": "wb"}, "T1w": {"run": "2"}}\' (config bids_filters)')
+
+
 def run_validate(args) -> int:
-    records = bids.discover(args.bids_dir, args.annotations)
+    records = bids.discover(args.bids_dir, args.annotations, filters=args.bids_filters)
     errors = 0
     print(f"{'participant':<20} {'echoes':>6} {'matrix':>15} {'voxel (mm)':>16} {'TE (ms)':<24} "
           f"{'T1w':>3} {'T2w':>3} {'annot':>5}  status")
@@ -60,7 +80,7 @@ def run_validate(args) -> int:
 
 
 def run_inputs(args) -> int:
-    rec = bids.find(args.bids_dir, args.pid, args.annotations)
+    rec = bids.find(args.bids_dir, args.pid, args.annotations, args.bids_filters)
     mag, rad, affine, info = bids.load_checked(rec, args.min_echoes, args.phase_unit)
     if info["PhaseSign"] is None:
         info["PhaseSign"] = args.phase_sign
