@@ -192,3 +192,20 @@ def test_the_output_folder_is_a_bids_derivative_dataset(tmp_path):
     assert cfg["bids_dir"] == str(bids) and cfg["qsm"]["lambda"] == "auto"      # defaults filled in
     assert not [p for p in (tmp_path / "out/deep").rglob("*") if p.is_file() and "logs" not in p.parts
                 and p.name not in ("dataset_description.json", "deepmir_config.yaml")]
+
+
+def test_header_checks_run_when_planning_not_in_every_cluster_job(tmp_path):
+    """The planning Snakemake refuses a header defect before any job; a job a cluster runs
+    (Snakemake's remote mode, which parses the Snakefile again) does not repeat the checks of
+    every participant (a cohort of thousands would pay them in each job)."""
+    bids = make_minimal_bids(tmp_path / "bids", subjects=("sub-01", "sub-02", "sub-03"))
+    side = bids / "sub-02" / "anat" / "sub-02_echo-2_part-phase_MEGRE.json"
+    side.write_text(json.dumps({"EchoTime": 0.01, "MagneticFieldStrength": 7}))    # 3 T elsewhere
+    (tmp_path / "config.yaml").write_text(f"bids_dir: {bids}\noutput_dir: out\nlearn: {{enabled: false}}\n")
+    target = "out/inputs/sub-01/sub-01_part-mag_MEGRE.nii.gz"
+    cmd = [str(SNAKEMAKE), target, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "-n",
+           "--cores", "1", "--configfile", str(tmp_path / "config.yaml")]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode != 0 and "MagneticFieldStrength 7" in r.stdout + r.stderr, r.stderr[-2000:]
+    r = subprocess.run(cmd + ["--mode", "remote"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]

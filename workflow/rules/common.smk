@@ -154,8 +154,11 @@ else:
     try:
         RECORDS = {r.pid: r for r in _bids.discover(BIDS, ANNOTATIONS, filters=config["bids_filters"])}
         PIDS = _select(sorted(RECORDS))
-        for _pid in PIDS:
-            _bids.check_headers(RECORDS[_pid], config["min_echoes"])
+        # a job run by a cluster executor (or in a subprocess) parses this file again: the
+        # header checks ran once, when the workflow was planned, and not again in every job
+        if not (workflow.remote_exec or workflow.subprocess_exec):
+            for _pid in PIDS:
+                _bids.check_headers(RECORDS[_pid], config["min_echoes"])
     except InputError as _err:
         sys.exit(f"deepmir: error: {_err}")
     ANNOTATED = [p for p in PIDS if RECORDS[p].annotation is not None]
