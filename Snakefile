@@ -2,7 +2,10 @@
 # Only wiring here: the config, the rule files of each stage, and the default target.
 # Usage: see README.md; every config key is documented in config/README.md.
 
-configfile: "config/config.yaml"
+import os
+
+# the checkout's config (found from the Snakefile, so `snakemake --directory WORK` works too)
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 include: "workflow/rules/common.smk"
@@ -20,4 +23,11 @@ rule all:
     """Default target: everything the configured stages produce."""
     default_target: True
     input:
-        ALL_TARGETS,
+        ALL_TARGETS + PARTICIPANT_TARGETS,
+
+
+rule participant:
+    """Every participant's own outputs: inputs and montage, anatomy, QSM and SWI (the BIDS-App
+    participant level; `deepmir run BIDS OUT participant`)."""
+    input:
+        PARTICIPANT_TARGETS,

@@ -23,7 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough = []
+    if argv[:1] == ["run"] and "--" in argv:        # deepmir run … -- SNAKEMAKE_ARGS
+        i = argv.index("--")
+        argv, passthrough = argv[:i], argv[i + 1:]
     args = build_parser().parse_args(argv)
+    if passthrough:
+        args.passthrough = passthrough
     try:
         return int(args.func(args) or 0)
     except InputError as err:

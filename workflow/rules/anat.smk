@@ -164,4 +164,4 @@ rule anat_brainmask:
         "--title '{wildcards.pid} brain mask' --threads {threads} > {log:q} 2>&1"
 
 
-ALL_TARGETS += [f for pid in PIDS for f in anat_outputs(pid)]
+PARTICIPANT_TARGETS += [f for pid in PIDS for f in anat_outputs(pid)]

@@ -127,11 +127,17 @@ wildcard_constraints:
 
 
 def _select(pids):
-    wanted = config.get("participants") or pids
-    missing = sorted(set(wanted) - set(pids))
+    """config participants: sub-X (all its sessions) or sub-X_ses-Y; empty = all."""
+    wanted = config.get("participants") or []
+    if not wanted:
+        return list(pids)
+
+    def picks(w, p):
+        return p == w or ("_" not in w and p.startswith(w + "_ses-"))
+    missing = sorted(w for w in wanted if not any(picks(w, p) for p in pids))
     if missing:
         sys.exit(f"deepmir: error: config participants not in the dataset: {', '.join(missing)}")
-    return [p for p in pids if p in wanted]
+    return [p for p in pids if any(picks(w, p) for w in wanted)]
 
 
 if SYNTHETIC:
@@ -224,3 +230,6 @@ def raw_inputs(pid):
 
 # targets that each rule file adds to; rule `all` (in the Snakefile) requires them all
 ALL_TARGETS = []
+# what one participant makes from its own data alone (the BIDS-App participant level:
+# `deepmir run … participant` asks for rule `participant`; rule `all` asks for both lists)
+PARTICIPANT_TARGETS = []

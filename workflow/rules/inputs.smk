@@ -59,4 +59,4 @@ rule montage:
         "{params.optional} --output {output:q} > {log:q} 2>&1"
 
 
-ALL_TARGETS += expand(rules.montage.output[0], pid=PIDS)
+PARTICIPANT_TARGETS += expand(rules.montage.output[0], pid=PIDS)

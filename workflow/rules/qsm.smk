@@ -99,4 +99,4 @@ rule swi:
         "--device cpu > {log:q} 2>&1"
 
 
-ALL_TARGETS += expand(rules.qsm.output.chi, pid=PIDS) + expand(rules.swi.output.swi, pid=PIDS)
+PARTICIPANT_TARGETS += expand(rules.qsm.output.chi, pid=PIDS) + expand(rules.swi.output.swi, pid=PIDS)

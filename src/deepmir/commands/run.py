@@ -1,0 +1,88 @@
+"""``deepmir run BIDS_DIR OUTPUT_DIR {participant,group}``: the workflow as a BIDS App.
+
+``participant`` makes every participant's own outputs (inputs and montage, anatomy, QSM, SWI:
+the Snakefile's rule ``participant``) for the participants named with ``--participant-label``
+(all without it); ``group`` makes everything else (stacks, folds, training, evaluation,
+tables, report, census) from them. Snakemake
+works in OUTPUT_DIR (its state, logs and benchmarks stay there); anything after ``--`` goes to
+Snakemake as it is (``-n``, ``--report …``). ``--demo`` runs the synthetic cohort instead of a
+dataset (``deepmir run --demo OUTPUT_DIR participant``).
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from deepmir.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[3]
+# the rules that make one participant's outputs from its own data alone (rule `participant`
+# of the Snakefile asks for their outputs)
+PARTICIPANT_RULES = ("inputs", "montage", "anat_n4", "anat_register", "anat_brainmask", "qsm", "swi")
+LABEL = re.compile(r"(sub-)?([A-Za-z0-9]+)(_ses-[A-Za-z0-9]+)?")
+
+
+def register(sub):
+    p = sub.add_parser("run", help="the workflow as a BIDS App: BIDS_DIR OUTPUT_DIR participant|group",
+                       description=__doc__, usage="deepmir run [options] [BIDS_DIR] OUTPUT_DIR "
+                                                  "{participant,group} [-- SNAKEMAKE_ARGS]")
+    p.add_argument("paths", nargs="+", metavar="BIDS_DIR OUTPUT_DIR LEVEL",
+                   help="the BIDS dataset (left out with --demo), the output folder, and the "
+                        "analysis level: participant or group")
+    p.add_argument("--participant-label", nargs="+", default=[], metavar="LABEL",
+                   help="only these participants (with or without 'sub-'; sub-X takes all its "
+                        "sessions, sub-X_ses-Y one)")
+    p.add_argument("--cores", default="all", help="cores for Snakemake (default: all)")
+    p.add_argument("--profile", help="a Snakemake profile (e.g. profiles/slurm)")
+    p.add_argument("--config-file", type=Path, help="a config file (config/README.md); its "
+                   "learn.experiments replace the demo's")
+    p.add_argument("--demo", action="store_true", help="the synthetic cohort instead of a dataset")
+    p.set_defaults(func=run, passthrough=[])
+
+
+def command(args) -> list[str]:
+    """The Snakemake command line for ``args`` (checked; nothing run)."""
+    want = 2 if args.demo else 3
+    if len(args.paths) != want:
+        raise InputError("deepmir run", f"expected {'OUTPUT_DIR LEVEL' if args.demo else 'BIDS_DIR OUTPUT_DIR LEVEL'}"
+                                        f"{' (with --demo)' if args.demo else ''}, got {' '.join(args.paths)}")
+    *bids, out, level = args.paths
+    if level not in ("participant", "group"):
+        raise InputError(level, "analysis level must be participant or group")
+    if bids and not Path(bids[0]).is_dir():
+        raise InputError(bids[0], "BIDS directory does not exist")
+    if args.config_file and not args.config_file.is_file():
+        raise InputError(args.config_file, "no such config file")
+    snakefile = ROOT / "Snakefile"
+    if not snakefile.is_file():
+        raise InputError(snakefile, "the workflow is not installed beside the package (run deepmir "
+                                    "from a git checkout of it)")
+    labels = []
+    for lab in args.participant_label:
+        m = LABEL.fullmatch(lab)
+        if not m:
+            raise InputError(lab, "participant label must be letters and digits (sub-X or sub-X_ses-Y)")
+        labels.append(f"sub-{m.group(2)}{m.group(3) or ''}")
+    out = os.path.abspath(out)
+    config = [f"output_dir={out}", "bids_dir=" + (os.path.abspath(bids[0]) if bids else "null")]
+    if labels:
+        config.append("participants=[" + ",".join(labels) + "]")
+    # Snakemake's own arguments first: targets stay targets, options that take lists end there
+    target = ["participant"] if level == "participant" else []
+    cmd = [str(Path(sys.executable).parent / "snakemake"), *target, *args.passthrough, "-s", str(snakefile),
+           "--directory", out, "--cores", str(args.cores)]
+    if args.profile:
+        cmd += ["--profile", args.profile]
+    if args.config_file:
+        cmd += ["--configfile", str(args.config_file.resolve())]
+    cmd += ["--config", *config]
+    return cmd
+
+
+def run(args) -> int:
+    cmd = command(args)
+    os.makedirs(cmd[cmd.index("--directory") + 1], exist_ok=True)
+    return subprocess.run(cmd).returncode
