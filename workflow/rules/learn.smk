@@ -5,6 +5,7 @@
 # builds exactly that fold's split, model and prediction (and the stacks it needs).
 # Helpers for other stages: learn_predictions(), learn_prediction(experiment, pid, kind),
 # LEARN_EXPERIMENTS, learn_participants(experiment).
+import functools as _functools
 import shlex
 from pathlib import Path
 
@@ -60,12 +61,20 @@ def _stack_channels(pid):
     return [c for c in _CHANNEL_ORDER if c in wanted and (c != "T2" or has_anat(pid, "T2w"))]
 
 
+# the config is fixed for the run: the participants and folds of an experiment are computed
+# once (input functions ask for them in every job; uncached, a cohort of N costs O(N²) each)
+@_functools.cache
+def _learn_participants(experiment):
+    need = set(LEARN_EXPERIMENTS[experiment]["channels"])
+    return tuple(p for p in ANNOTATED if need <= set(_stack_channels(p)))
+
+
 def learn_participants(experiment):
     """Annotated participants that have every channel of the experiment (its folds)."""
-    need = set(LEARN_EXPERIMENTS[experiment]["channels"])
-    return [p for p in ANNOTATED if need <= set(_stack_channels(p))]
+    return list(_learn_participants(experiment))
 
 
+@_functools.cache
 def _folds(experiment):
     pids = learn_participants(experiment)
     if len(pids) < 3:
