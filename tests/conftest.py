@@ -3,6 +3,7 @@ hand-built minimal BIDS dataset for input-validation tests."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -72,6 +73,22 @@ def make_minimal_bids(root: Path, n_echoes: int = 3, shape=(12, 14, 10), subject
             lab[6, 6, 6] = 2
             nib.save(nib.Nifti1Image(lab, aff), ann / f"{sub}_space-MEGRE_dseg.nii.gz")
     return root
+
+
+def into_session(root: Path, sub: str, gre: str = "", t2w: str = "", ses: str = "ses-1"):
+    """Move a participant of :func:`make_minimal_bids` into a session folder, inserting BIDS
+    entities into its names (``gre`` before ``echo-``, ``t2w`` before ``T2w``, e.g. "run-1_"),
+    its annotation too."""
+    src, dst = root / sub / "anat", root / sub / ses / "anat"
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        shutil.move(str(f), dst / f.name.replace(f"{sub}_echo-", f"{sub}_{ses}_{gre}echo-")
+                    .replace(f"{sub}_T2w", f"{sub}_{ses}_{t2w}T2w"))
+    src.rmdir()
+    ann = root / "derivatives" / "annotations" / sub
+    (ann / ses / "anat").mkdir(parents=True)
+    for f in (ann / "anat").iterdir():
+        shutil.move(str(f), ann / ses / "anat" / f.name.replace(f"{sub}_", f"{sub}_{ses}_"))
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from conftest import make_minimal_bids
+from conftest import into_session, make_minimal_bids
 from deepmir import bids
 from deepmir.cli import main
 from deepmir.errors import InputError
@@ -76,16 +76,7 @@ def test_several_series_are_chosen_by_filters_or_refused(tmp_path, capsys):
 def test_sessions_with_entities(tmp_path):
     root = make_minimal_bids(tmp_path / "bids", subjects=("sub-01", "sub-02"))
     for sub in ("sub-01", "sub-02"):
-        src, dst = root / sub / "anat", root / sub / "ses-1" / "anat"
-        dst.mkdir(parents=True)
-        for f in src.iterdir():
-            shutil.move(str(f), dst / f.name.replace(f"{sub}_echo-", f"{sub}_ses-1_run-1_echo-")
-                        .replace(f"{sub}_T2w", f"{sub}_ses-1_T2w"))
-        src.rmdir()
-        ann = root / "derivatives" / "annotations" / sub
-        (ann / "ses-1" / "anat").mkdir(parents=True)
-        for f in (ann / "anat").iterdir():
-            shutil.move(str(f), ann / "ses-1" / "anat" / f.name.replace(f"{sub}_", f"{sub}_ses-1_"))
+        into_session(root, sub, gre="run-1_")
     recs = bids.discover(root)
     assert [r.pid for r in recs] == ["sub-01_ses-1", "sub-02_ses-1"]
     assert all(r.t2w is not None and r.annotation is not None and len(r.mag) == 3 for r in recs)

@@ -1,12 +1,11 @@
 """`deepmir run BIDS_DIR OUTPUT_DIR participant|group`: the workflow as a BIDS App. Dry runs and
 --touch runs (the DAG, not the computation) on a cohort with sessions and run-/acq- entities."""
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import make_minimal_bids
+from conftest import into_session, make_minimal_bids
 from deepmir.cli import main
 from deepmir.commands.run import PARTICIPANT_RULES
 
@@ -15,16 +14,7 @@ def _cohort(root):
     subs = ("sub-01", "sub-02", "sub-03")
     make_minimal_bids(root, subjects=subs)
     for sub in subs:
-        src, dst = root / sub / "anat", root / sub / "ses-1" / "anat"
-        dst.mkdir(parents=True)
-        for f in src.iterdir():
-            shutil.move(str(f), dst / f.name.replace(f"{sub}_echo-", f"{sub}_ses-1_acq-wb_run-1_echo-")
-                        .replace(f"{sub}_T2w", f"{sub}_ses-1_run-1_T2w"))
-        src.rmdir()
-        ann = root / "derivatives" / "annotations" / sub
-        (ann / "ses-1" / "anat").mkdir(parents=True)
-        for f in (ann / "anat").iterdir():
-            shutil.move(str(f), ann / "ses-1" / "anat" / f.name.replace(f"{sub}_", f"{sub}_ses-1_"))
+        into_session(root, sub, gre="acq-wb_run-1_", t2w="run-1_")
     return root
 
 
