@@ -2,10 +2,7 @@
 # Only wiring here: the config, the rule files of each stage, and the default target.
 # Usage: see README.md; every config key is documented in config/README.md.
 
-import os
-
-# the checkout's config (found from the Snakefile, so `snakemake --directory WORK` works too)
-configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"

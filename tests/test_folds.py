@@ -48,5 +48,7 @@ def test_nnunet_splits():
     folds = loo_folds(PIDS, seed=0)
     splits = nnunet_splits(folds)
     assert len(splits) == 24
-    assert splits[5] == {"train": folds[5]["train"], "val": folds[5]["val"]}
+    # nnU-Net's meaning: val is the fold's held-out (test) participant, train every other one
+    assert splits[5] == {"train": sorted(folds[5]["train"] + folds[5]["val"]), "val": folds[5]["test"]}
+    assert all(len(s["val"]) == 1 and len(s["train"]) == 23 for s in splits)
     assert all(set(s) == {"train", "val"} for s in splits)

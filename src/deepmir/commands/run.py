@@ -76,8 +76,11 @@ def command(args) -> list[str]:
            "--directory", out, "--cores", str(args.cores)]
     if args.profile:
         cmd += ["--profile", args.profile]
+    # the checkout's default config, then the user's (the Snakefile's own `configfile:` is
+    # relative to the working folder, which here is OUTPUT_DIR)
+    cmd += ["--configfile", str(ROOT / "config" / "config.yaml")]
     if args.config_file:
-        cmd += ["--configfile", str(args.config_file.resolve())]
+        cmd += [str(args.config_file.resolve())]
     cmd += ["--config", *config]
     return cmd
 
