@@ -61,11 +61,10 @@ _SCHEMA_DIR = os.path.join(str(workflow.current_basedir), "..", "schemas")
 def _refuse_unknown_top_level_keys():
     """Every top-level key must be one that some stage's schema defines: a typo such as
     bids-dir would otherwise run the synthetic demo instead of the user's data."""
-    folder = _SCHEMA_DIR
     schemas = []
-    for name in sorted(os.listdir(folder)):
+    for name in sorted(os.listdir(_SCHEMA_DIR)):
         if name.endswith(".schema.yaml") and name != "model_card.schema.yaml":
-            with open(os.path.join(folder, name)) as fh:
+            with open(os.path.join(_SCHEMA_DIR, name)) as fh:
                 schemas.append(yaml.safe_load(fh))
     bad = _unknown_keys(dict(config), _schema_keys(schemas))
     if bad:
@@ -177,7 +176,7 @@ def out(stage, pid, name):
 
 def log_path(stage, pid):
     """Logs and Snakemake benchmarks live under output_dir: two datasets run from one checkout
-    keep their own, and nothing is written into the checkout."""
+    keep their own (only Snakemake's own .snakemake/ stays in the working folder)."""
     return f"{OUT}/logs/{stage}/{pid}.log"
 
 
