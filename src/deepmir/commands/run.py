@@ -3,10 +3,10 @@
 ``participant`` makes every participant's own outputs (inputs and montage, anatomy, QSM, SWI:
 the Snakefile's rule ``participant``) for the participants named with ``--participant-label``
 (all without it); ``group`` makes everything else (stacks, folds, training, evaluation,
-tables, report, census) from them. Snakemake
-works in OUTPUT_DIR (its state, logs and benchmarks stay there); anything after ``--`` goes to
-Snakemake as it is (``-n``, ``--report …``). ``--demo`` runs the synthetic cohort instead of a
-dataset (``deepmir run --demo OUTPUT_DIR participant``).
+tables, report, census) from them. Snakemake works in OUTPUT_DIR (its state, logs and
+benchmarks stay there); anything after ``--`` goes to Snakemake as it is (``-n``,
+``--report …``). ``--demo`` runs the synthetic cohort instead of a dataset
+(``deepmir run --demo OUTPUT_DIR participant``).
 """
 from __future__ import annotations
 
