@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up .venv with deepmir and everything it needs. Idempotent: a second run is quick.
+# Set up .venv with deepmir, everything it needs and the test extra (pytest, nnU-Net's readers).
+# Idempotent: a second run is quick.
 # torch is installed first and pinned to the CPU build (2.13.0) when no torch is present,
 # so that pip does not pull several GB of CUDA packages on a CPU machine: the +cpu wheel from
 # wherever pip already finds it (a local wheel, a mirror), else from PyTorch's CPU index
@@ -17,5 +18,8 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
             --index-url "${DEEPMIR_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
     fi
 fi
-.venv/bin/python -m pip install -q -e ".[test]"
+# the test extra holds nnU-Net (its readers check the nnU-Net export); the torch already there
+# is kept (a constraint), or pip would replace a CPU torch with the newest CUDA build
+.venv/bin/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > .venv/torch-constraint.txt
+.venv/bin/python -m pip install -q -e ".[test]" -c .venv/torch-constraint.txt
 echo "deepmir installed in $(pwd)/.venv"

@@ -2,13 +2,14 @@
 added to a dataset runs only its own jobs. Outputs are empty placeholders with up-to-date
 Snakemake metadata (`--touch`), so only the DAG logic is exercised (no computation)."""
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import make_minimal_bids
+from conftest import into_session, make_minimal_bids
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -183,15 +184,53 @@ def test_the_output_folder_is_a_bids_derivative_dataset(tmp_path):
     (bids / "dataset_description.json").write_text(json.dumps({**desc, "Name": "cohort X",
                                                                "DatasetDOI": "doi:10.1/x"}))
     (tmp_path / "config.yaml").write_text(f"bids_dir: {bids}\noutput_dir: out/deep\nlearn: {{enabled: false}}\n")
-    smk(tmp_path, "-p", "out/deep/dataset_description.json", "out/deep/deepmir_config.yaml")
+    smk(tmp_path, "-p", "out/deep/dataset_description.json", "out/deep/deepmir_config.yaml", "out/deep/.bidsignore")
     d = json.loads((tmp_path / "out/deep/dataset_description.json").read_text())
     assert d["DatasetType"] == "derivative" and d["BIDSVersion"]
     assert d["GeneratedBy"][0]["Name"] == "deepmir" and d["GeneratedBy"][0]["Version"] == deepmir.__version__
     assert d["SourceDatasets"] == [{"URL": "file:../../bids", "DOI": "doi:10.1/x", "Name": "cohort X"}]
+    assert d["DatasetLinks"] == {"raw": "../../bids"}
     cfg = yaml.safe_load((tmp_path / "out/deep/deepmir_config.yaml").read_text())
     assert cfg["bids_dir"] == str(bids) and cfg["qsm"]["lambda"] == "auto"      # defaults filled in
     assert not [p for p in (tmp_path / "out/deep").rglob("*") if p.is_file() and "logs" not in p.parts
-                and p.name not in ("dataset_description.json", "deepmir_config.yaml")]
+                and p.name not in ("dataset_description.json", "deepmir_config.yaml", ".bidsignore")]
+
+
+def test_each_participant_s_maps_and_census_are_published_in_its_bids_folder(tmp_path):
+    """sub-X/[ses-Y/]anat/: the maps copied byte for byte from the working folders, sidecars
+    with the working sidecar's content, Units, Sources and SpatialReference (BIDS URIs into the
+    input dataset, named in DatasetLinks); the applied model's dseg with its label look-up."""
+    bids = make_minimal_bids(tmp_path / "bids", subjects=("sub-01", "sub-02", "sub-03"))
+    into_session(bids, "sub-03")
+    (tmp_path / "config.yaml").write_text(f"bids_dir: {bids}\noutput_dir: results\n" + LEARN)
+    files = placeholders(tmp_path)
+    res = tmp_path / "results"
+    pid, folder = "sub-03_ses-1", res / "sub-03" / "ses-1" / "anat"
+    published = [f for f in files if f.startswith("results/sub-03/ses-1/anat/")]
+    assert len(published) == 6 * 2 + 6                     # maps and sidecars; census outputs
+    assert any(f.startswith("results/sub-01/anat/sub-01_space-MEGRE_Chimap") for f in files)
+    for path, content in ((res / "qsm" / pid / f"{pid}_space-MEGRE_Chimap.nii.gz", b"chi bytes"),
+                          (res / "qsm" / pid / f"{pid}_space-MEGRE_Chimap.json", b'{"lambda": 7.5}'),
+                          (res / "anat" / pid / f"{pid}_space-MEGRE_desc-brain_mask.json", b'{"method": "m"}'),
+                          (res / "apply" / pid / f"{pid}_space-MEGRE_desc-swiqsmCmb_dseg.nii.gz", b"labels")):
+        st = path.stat()
+        path.write_bytes(content)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))     # still up to date for Snakemake
+    for f in published:
+        (tmp_path / f).unlink()
+    smk(tmp_path, "-p", *published)
+    assert (folder / f"{pid}_space-MEGRE_Chimap.nii.gz").read_bytes() == b"chi bytes"
+    chi = json.loads((folder / f"{pid}_space-MEGRE_Chimap.json").read_text())
+    mag1 = "bids:raw:sub-03/ses-1/anat/sub-03_ses-1_echo-1_part-mag_MEGRE.nii.gz"
+    assert chi["lambda"] == 7.5 and chi["Units"] == "ppm" and chi["SpatialReference"] == mag1
+    assert mag1 in chi["Sources"] and len(chi["Sources"]) == 7          # 3 echoes x 2 parts, T2w
+    assert not [s for s in chi["Sources"] if "derivatives" in s]         # not the annotation
+    assert json.loads((folder / f"{pid}_space-MEGRE_desc-brain_mask.json").read_text())["method"] == "m"
+    assert json.loads((folder / f"{pid}_space-MEGRE_R2starmap.json").read_text())["Units"] == "Hz"
+    assert (folder / f"{pid}_space-MEGRE_desc-swiqsmCmb_dseg.nii.gz").read_bytes() == b"labels"
+    lut = (folder / f"{pid}_space-MEGRE_desc-swiqsmCmb_dseg.tsv").read_text().splitlines()
+    assert lut[0].split("\t") == ["index", "name", "abbreviation"] and lut[2].startswith("1\tcerebral microbleed")
+    assert (res / ".bidsignore").exists()
 
 
 def test_header_checks_run_when_planning_not_in_every_cluster_job(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import stat
 from contextlib import contextmanager
 from pathlib import Path
@@ -150,6 +151,13 @@ def write_text(path, text: str | bytes):
     """Write text (UTF-8) or bytes atomically, creating the folder."""
     with atomic(path) as tmp:
         tmp.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return Path(path)
+
+
+def copy(source, path):
+    """Copy a file's bytes atomically, creating the folder (a published copy of a working file)."""
+    with atomic(path) as tmp:
+        shutil.copyfile(source, tmp)
     return Path(path)
 
 

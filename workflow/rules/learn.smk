@@ -202,6 +202,47 @@ if LEARN_EXPERIMENTS:
             "deepmir folds --participants {params.pids:q} --seed {params.seed} "
             "--val-fraction {params.val_fraction} --splits-final {output:q} > {log:q} 2>&1"
 
+    def nnunet_dataset(experiment):
+        """The experiment's raw nnU-Net dataset folder (IDs from learn.nnunet_dataset_id on, in
+        the order of learn.experiments)."""
+        nid = LEARN["nnunet_dataset_id"] + list(LEARN_EXPERIMENTS).index(experiment)
+        return f"{OUT}/nnunet/Dataset{nid:03d}_{experiment}"
+
+    if LEARN["nnunet_dataset_id"] + len(LEARN_EXPERIMENTS) - 1 > 999:
+        sys.exit(f"deepmir: error: config learn.nnunet_dataset_id {LEARN['nnunet_dataset_id']}: "
+                 f"{len(LEARN_EXPERIMENTS)} experiments need IDs up to 999 (nnU-Net's largest)")
+
+    rule learn_export_nnunet:
+        """An experiment's channels and annotations as a raw nnU-Net dataset (imagesTr,
+        labelsTr, dataset.json) with its folds as splits_final.json; on request (target nnunet)."""
+        input:
+            images=lambda wc: [_channel_path(p, c) for p in learn_participants(wc.experiment)
+                               for c in LEARN_EXPERIMENTS[wc.experiment]["channels"]],
+            dseg=lambda wc: [annotation_path(p) for p in learn_participants(wc.experiment)],
+            splits=rules.learn_splits_final.output[0],
+        output:
+            directory(f"{OUT}/nnunet/Dataset{{nid}}_{{experiment}}"),
+        wildcard_constraints:
+            nid=r"\d{3}",
+        params:
+            channels=lambda wc: LEARN_EXPERIMENTS[wc.experiment]["channels"],
+            labels=lambda wc: LEARN_EXPERIMENTS[wc.experiment]["labels"],
+            cases=lambda wc: " ".join(
+                "--case " + " ".join(shlex.quote(f) for f in
+                                     [p, *(_channel_path(p, c) for c in LEARN_EXPERIMENTS[wc.experiment]["channels"]),
+                                      annotation_path(p)])
+                for p in learn_participants(wc.experiment)),
+        log:
+            log_path("learn", "{experiment}/nnunet_Dataset{nid}"),
+        shell:
+            "deepmir export-nnunet --out {output:q} --channels {params.channels:q} --label-mode {params.labels} "
+            "{params.cases} --splits {input.splits:q} > {log:q} 2>&1"
+
+    rule nnunet:
+        """Every experiment (with folds) as a raw nnU-Net dataset under output_dir/nnunet."""
+        input:
+            lambda wc: [nnunet_dataset(e) for e in LEARN_EXPERIMENTS if _folds(e)],
+
     def _train_options(wildcards=None):
         """The training command's options: the learner's settings (learn.patch as one JSON
         value, or the paper learner's flags), the seed and the evaluation's matching rule

@@ -21,7 +21,8 @@ from deepmir.errors import InputError
 ROOT = Path(__file__).resolve().parents[3]
 # the rules that make one participant's outputs from its own data alone (rule `participant`
 # of the Snakefile asks for their outputs)
-PARTICIPANT_RULES = ("inputs", "montage", "anat_n4", "anat_register", "anat_brainmask", "qsm", "swi")
+PARTICIPANT_RULES = ("inputs", "montage", "anat_n4", "anat_register", "anat_brainmask", "qsm", "swi",
+                     "derivatives_participant")
 LABEL = re.compile(r"(sub-)?([A-Za-z0-9]+)(_ses-[A-Za-z0-9]+)?")
 
 
