@@ -53,7 +53,7 @@ def _snakemake(work: Path, configfile: str, cores: int, targets: list[str]) -> f
     rusage of reaped children, which counts all threads of every process (Snakemake's own
     benchmark ``cpu_time`` under-reads multi-threaded and ITK jobs)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile"),
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "workflow" / "Snakefile"),
            "--directory", str(work), "--configfile", str(work / configfile), "--cores", str(cores),
            "--", *targets]
     with open(work / "snakemake.log", "a") as log:

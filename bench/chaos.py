@@ -95,7 +95,7 @@ class Workflow:
         self.output_dir = str(cfg.get("output_dir") or "results")
 
     def command(self, work: Path, *extra: str) -> list[str]:
-        return [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile"),
+        return [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "workflow" / "Snakefile"),
                 "--directory", str(work), "--configfile", str(self.configfile),
                 "--profile", str(ROOT / "profiles" / "local"), "--cores", str(self.cores), *extra,
                 *(["--", *self.targets] if self.targets else [])]

@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     if a.snakemake:
         cfg = a.work / "config.yaml"
         cfg.write_text(json.dumps({"bids_dir": str(bids_dir), "output_dir": str(a.work / "out")}))
-        smk = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(a.work),
+        smk = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "workflow" / "Snakefile"), "-d", str(a.work),
                "--configfile", str(cfg), "-n", "--cores", "1"]
         one = str(a.work / "out" / "qsm" / "sub-0001" / "sub-0001_space-MEGRE_Chimap.nii.gz")
         for name, extra in (("snakemake -n, the whole workflow", []),

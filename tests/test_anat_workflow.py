@@ -40,7 +40,7 @@ def test_schema_fills_every_default():
 def _snakefile(tmp):
     """The project's Snakefile when it includes the anat rules; otherwise one that includes
     the rule files the anat stage needs (common, synth, inputs) and anat.smk."""
-    main = ROOT / "Snakefile"
+    main = ROOT / "workflow" / "Snakefile"
     if "rules/anat.smk" in main.read_text():
         return main
     sf = tmp / "Snakefile"

@@ -96,7 +96,7 @@ def test_the_workflow_passes_its_filters_to_the_jobs(tmp_path):
 
     def dry(config):
         (tmp_path / "config.yaml").write_text(json.dumps(config))
-        return subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-s", str(root_dir / "Snakefile"),
+        return subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-s", str(root_dir / "workflow" / "Snakefile"),
                                "--directory", str(tmp_path), "-n", "-p", "--cores", "1",
                                "--configfile", str(tmp_path / "config.yaml")], capture_output=True, text=True)
     base = {"bids_dir": str(root), "output_dir": "out", "learn": {"enabled": False}, "census": {"enabled": False}}

@@ -23,7 +23,7 @@ def test_fewer_than_two_annotated_participants_still_run(tmp_path, n_annotated, 
     for sub in ("sub-01", "sub-02", "sub-03")[n_annotated:]:
         shutil.rmtree(bids / "derivatives" / "annotations" / sub)
     (tmp_path / "config.yaml").write_text(f"bids_dir: {bids}\noutput_dir: results\n{census}")
-    res = subprocess.run([str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "-n",
+    res = subprocess.run([str(SNAKEMAKE), "-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(tmp_path), "-n",
                           "--configfile", str(tmp_path / "config.yaml")], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     for rule in ("inputs", "qsm", "swi", "montage"):

@@ -42,7 +42,7 @@ def test_synth_settings_refuse_unknown_keys():
 
 
 def _dry(tmp_path, *args):
-    return subprocess.run([str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+    return subprocess.run([str(SNAKEMAKE), "-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(tmp_path),
                            "--configfile", str(ROOT / "config" / "config.yaml"), "--cores", "1", "-n", *args], capture_output=True, text=True)
 
 

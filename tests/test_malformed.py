@@ -328,7 +328,7 @@ PARSE = [c for c in CASES if c[3]]
 def test_refused_when_the_workflow_starts(tmp_path, name, mutate, named, parse):
     root = _dataset(tmp_path, mutate)
     (tmp_path / "config.yaml").write_text(json.dumps({"bids_dir": str(root), "output_dir": str(tmp_path / "out")}))
-    res = subprocess.run([str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "-n",
+    res = subprocess.run([str(SNAKEMAKE), "-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(tmp_path), "-n",
                           "--configfile", str(tmp_path / "config.yaml")],
                          capture_output=True, text=True, timeout=120)
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]

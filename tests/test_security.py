@@ -27,7 +27,7 @@ CARD = {"experiment": "swiqsmMulti", "channels": ["SWI", "QSM"], "labels": "mult
 
 def smk(workdir, config: str, *args):
     (workdir / "config.yaml").write_text(config)
-    return subprocess.run([str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+    return subprocess.run([str(SNAKEMAKE), "-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(workdir),
                            "--cores", "1", "--configfile", str(workdir / "config.yaml"), *args],
                           capture_output=True, text=True, cwd=workdir)
 

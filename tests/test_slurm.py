@@ -181,7 +181,7 @@ def _workdir(path: Path, config: dict | None = None) -> Path:
     return path
 
 
-def _snakemake(wd: Path, *args, env=None, timeout=600, snakefile=REPO / "Snakefile"):
+def _snakemake(wd: Path, *args, env=None, timeout=600, snakefile=REPO / "workflow" / "Snakefile"):
     cmd = [*SNAKEMAKE, "-s", str(snakefile), "-d", str(wd), *map(str, args)]
     proc = subprocess.run(cmd, env=env or {**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                           text=True, timeout=timeout)
@@ -318,7 +318,7 @@ def test_slurm_outputs_equal_local_run(slurm_run, local_run):
 
 def _included(stage: str) -> bool:
     """Whether the Snakefile includes workflow/rules/<stage>.smk."""
-    return re.search(rf'^include:\s*"workflow/rules/{stage}\.smk"', (REPO / "Snakefile").read_text(), re.M) is not None
+    return re.search(rf'^include:\s*"rules/{stage}\.smk"', (REPO / "workflow" / "Snakefile").read_text(), re.M) is not None
 
 
 def test_rerun_changed_parameter_selects_dependents(slurm_run):
@@ -373,10 +373,10 @@ ITERATIONS = LEARN_CONFIG["learn"]["patch"]["iterations"]
 def _learn_snakefile(wd: Path) -> tuple[Path, bool]:
     """The repository's Snakefile when it includes the learning stage; otherwise (while that
     stage is not wired in yet) a copy of it in wd that also includes workflow/rules/learn.smk."""
-    text = (REPO / "Snakefile").read_text()
+    text = (REPO / "workflow" / "Snakefile").read_text()
     if _included("learn"):
-        return REPO / "Snakefile", True
-    lines = [re.sub(r'^include:\s*"(workflow/[^"]+)"', rf'include: "{REPO}/\1"', ln) for ln in text.splitlines()]
+        return REPO / "workflow" / "Snakefile", True
+    lines = [re.sub(r'^include:\s*"(rules/[^"]+)"', rf'include: "{REPO}/workflow/\1"', ln) for ln in text.splitlines()]
     last = max(i for i, ln in enumerate(lines) if ln.startswith("include:"))
     lines.insert(last + 1, f'include: "{REPO}/workflow/rules/learn.smk"')
     path = wd / "Snakefile"

@@ -17,7 +17,7 @@ LEARN = "learn: {experiments: {swiqsmCmb: {channels: [SWI, QSM], labels: cmb}}}\
 
 
 def smk(workdir, *args):
-    cmd = [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--cores", "1",
+    cmd = [str(SNAKEMAKE), "-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(workdir), "--cores", "1",
            "--configfile", str(workdir / "config.yaml"), *args]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -133,7 +133,7 @@ def test_a_trained_model_whose_normalisation_differs_from_the_folds_is_refused(t
             (model.parent / "model.json").unlink()
         (work / "config.yaml").write_text(f"bids_dir: {bids}\noutput_dir: results\n" + LEARN
                                           + f"census: {{model: {model}}}\n")
-        r = subprocess.run([str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--directory", str(work), "-n",
+        r = subprocess.run([str(SNAKEMAKE), "-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(work), "-n",
                             "--configfile", str(work / "config.yaml")], capture_output=True, text=True)
         assert r.returncode != 0 and why in r.stderr and "deepmir: error" in r.stderr, r.stderr[-2000:]
         assert not (work / "results").exists()
@@ -164,7 +164,7 @@ def test_a_model_whose_channels_were_made_otherwise_is_refused(tmp_path):
         model = _model(work, settings=settings, versions={"deepmir": "0.1.0", "torch": "2.13.0"})
         (work / "config.yaml").write_text(f"bids_dir: {bids}\noutput_dir: results\nlearn: {{enabled: false}}\n"
                                           f"census: {{model: {model}}}\nqsm: {{threads: 3}}\n")
-        r = subprocess.run([str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--directory", str(work), "-n",
+        r = subprocess.run([str(SNAKEMAKE), "-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(work), "-n",
                             "--configfile", str(work / "config.yaml")], capture_output=True, text=True)
         if why is None:      # qsm.threads differs: where a stage runs is not what it makes
             assert r.returncode == 0, r.stderr[-2000:]
@@ -242,7 +242,7 @@ def test_header_checks_run_when_planning_not_in_every_cluster_job(tmp_path):
     side.write_text(json.dumps({"EchoTime": 0.01, "MagneticFieldStrength": 7}))    # 3 T elsewhere
     (tmp_path / "config.yaml").write_text(f"bids_dir: {bids}\noutput_dir: out\nlearn: {{enabled: false}}\n")
     target = "out/inputs/sub-01/sub-01_part-mag_MEGRE.nii.gz"
-    cmd = [str(SNAKEMAKE), target, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "-n",
+    cmd = [str(SNAKEMAKE), target, "-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(tmp_path), "-n",
            "--cores", "1", "--configfile", str(tmp_path / "config.yaml")]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode != 0 and "MagneticFieldStrength 7" in r.stdout + r.stderr, r.stderr[-2000:]

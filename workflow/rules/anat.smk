@@ -72,7 +72,7 @@ rule anat_n4:
         mask=ANAT["n4"]["mask"],
         crop_mm=ANAT["n4"]["crop_mm"],
     conda:
-        "../../envs/base.yaml"
+        "../envs/base.yaml"
     log:
         log_path("anat/n4_{contrast}", "{pid}"),
     benchmark:
@@ -115,7 +115,7 @@ rule anat_register:
         interpolation=ANAT["registration"]["interpolation"],
         seed=ANAT["registration"]["seed"],
     conda:
-        "../../envs/base.yaml"
+        "../envs/base.yaml"
     log:
         log_path("anat/register_{contrast}", "{pid}"),
     benchmark:
@@ -149,7 +149,7 @@ rule anat_brainmask:
     params:
         options=_anat_mask_options,
     conda:
-        "../../envs/base.yaml"
+        "../envs/base.yaml"
     log:
         log_path("anat/brainmask", "{pid}"),
     benchmark:

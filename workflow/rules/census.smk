@@ -104,7 +104,10 @@ if _FINAL_TRAINABLE:
 
 # a model to apply: census.model, or a final model trained here (≥ 2 annotated participants);
 # with neither, the census is left out and every participant still gets its other stages
-if CENSUS_EXP and (_FINAL_TRAINABLE or CENSUS["model"]):
+# a model is applied: the final model trained here, or census.model
+CENSUS_APPLIED = bool(CENSUS_EXP and (_FINAL_TRAINABLE or CENSUS["model"]))
+
+if CENSUS_APPLIED:
 
     rule apply:
         """The final model on one participant (annotated or not): labels and probabilities."""

@@ -94,7 +94,7 @@ for _key, _value in (("output_dir", config["output_dir"]), ("bids_dir", config.g
         _refuse_unsafe_path(_key, _value)
 
 # jobs call the `deepmir` command of the environment that runs Snakemake (.venv/bin when
-# started as .venv/bin/snakemake), unless --sdm conda gives each rule its env from envs/
+# started as .venv/bin/snakemake), unless --sdm conda gives each rule its env from workflow/envs/
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 

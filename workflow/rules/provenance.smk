@@ -84,7 +84,7 @@ ALL_TARGETS += [rules.provenance.output.description, rules.provenance.output.bid
                 rules.provenance.output.config]
 
 
-if CENSUS_EXP:
+if CENSUS_APPLIED:
     _CENSUS_NAMES = {"dseg": f"space-MEGRE_desc-{CENSUS_EXP}_dseg.nii.gz",
                      "probseg": f"space-MEGRE_desc-{CENSUS_EXP}_probseg.nii.gz",
                      "census": f"space-MEGRE_desc-{CENSUS_EXP}_census.tsv"}

@@ -51,7 +51,7 @@ rule qsm:
     params:
         options=_qsm_options(),
     conda:
-        "../../envs/torch.yaml"
+        "../envs/torch.yaml"
     log:
         log_path("qsm", "{pid}"),
     benchmark:
@@ -84,7 +84,7 @@ rule swi:
         power=SWI["power"],
         minip=SWI["minip_slices"],
     conda:
-        "../../envs/torch.yaml"
+        "../envs/torch.yaml"
     log:
         log_path("swi", "{pid}"),
     benchmark:

@@ -18,7 +18,12 @@ from pathlib import Path
 
 from deepmir.errors import InputError
 
-ROOT = Path(__file__).resolve().parents[3]
+# the workflow (Snakefile, rules, schemas, report captions, envs) and the default config ship
+# inside the package: deepmir/workflow and deepmir/config (in a checkout, links to the
+# top-level workflow/ and config/, so an edited config/config.yaml is the one used)
+PACKAGE = Path(__file__).resolve().parents[1]
+SNAKEFILE = PACKAGE / "workflow" / "Snakefile"
+DEFAULT_CONFIG = PACKAGE / "config" / "config.yaml"
 # the rules that make one participant's outputs from its own data alone (rule `participant`
 # of the Snakefile asks for their outputs)
 PARTICIPANT_RULES = ("inputs", "montage", "anat_n4", "anat_register", "anat_brainmask", "qsm", "swi",
@@ -57,10 +62,9 @@ def command(args) -> list[str]:
         raise InputError(bids[0], "BIDS directory does not exist")
     if args.config_file and not args.config_file.is_file():
         raise InputError(args.config_file, "no such config file")
-    snakefile = ROOT / "Snakefile"
-    if not snakefile.is_file():
-        raise InputError(snakefile, "the workflow is not installed beside the package (run deepmir "
-                                    "from a git checkout of it)")
+    for f in (SNAKEFILE, DEFAULT_CONFIG):
+        if not f.is_file():
+            raise InputError(f, "missing from the installed package (a broken install: reinstall deepmir)")
     labels = []
     for lab in args.participant_label:
         m = LABEL.fullmatch(lab)
@@ -73,13 +77,13 @@ def command(args) -> list[str]:
         config.append("participants=[" + ",".join(labels) + "]")
     # Snakemake's own arguments first: targets stay targets, options that take lists end there
     target = ["participant"] if level == "participant" else []
-    cmd = [str(Path(sys.executable).parent / "snakemake"), *target, *args.passthrough, "-s", str(snakefile),
+    cmd = [str(Path(sys.executable).parent / "snakemake"), *target, *args.passthrough, "-s", str(SNAKEFILE),
            "--directory", out, "--cores", str(args.cores)]
     if args.profile:
         cmd += ["--profile", args.profile]
-    # the checkout's default config, then the user's (the Snakefile's own `configfile:` is
-    # relative to the working folder, which here is OUTPUT_DIR)
-    cmd += ["--configfile", str(ROOT / "config" / "config.yaml")]
+    # the default config, then the user's (the Snakefile's own `configfile:` is relative to the
+    # working folder, which here is OUTPUT_DIR)
+    cmd += ["--configfile", str(DEFAULT_CONFIG)]
     if args.config_file:
         cmd += [str(args.config_file.resolve())]
     cmd += ["--config", *config]
