@@ -2,6 +2,7 @@
 report captions, envs) and the default config, and `deepmir run` from it plans the demo away
 from any checkout."""
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -11,7 +12,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_wheel_carries_the_workflow_and_runs_without_the_checkout(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+    # built from a copy of what the wheel is made of (setuptools writes build/ beside the sources)
+    src = tmp_path / "src-tree"
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        src.mkdir(exist_ok=True)
+        shutil.copy(ROOT / name, src / name)
+    for name in ("src", "workflow", "config"):
+        shutil.copytree(ROOT / name, src / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
                           "-w", str(tmp_path / "dist"), "-q"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     wheel = next((tmp_path / "dist").glob("deepmir-*.whl"))
