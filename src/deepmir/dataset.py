@@ -7,7 +7,7 @@ that lets :func:`unstack` put slice-wise predictions back on the original 3D gri
 
 Normalisation follows supplement S3.1 of the preprint: every channel is z-scored with the
 mean and standard deviation of its voxels inside the brain mask; the channel named ``QSM``
-is first truncated to ``[−k·σ, k·σ]`` (k = 5, σ its standard deviation inside the mask).
+is first truncated to ``[−k·σ, k·σ]`` (k = `qsm_clip_sigma`: the study's 5 by default here, the workflow's `learn.qsm_clip_sigma`; σ its standard deviation inside the mask).
 Voxels outside the mask are set to 0 (the channel mean, and the same value as the padding).
 """
 from __future__ import annotations
