@@ -20,6 +20,7 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
 fi
 # the test extra holds nnU-Net (its readers check the nnU-Net export); the torch already there
 # is kept (a constraint), or pip would replace a CPU torch with the newest CUDA build
-.venv/bin/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > .venv/torch-constraint.txt
+.venv/bin/python -W ignore -c "import torch; print('torch==' + torch.__version__.split('+')[0])" \
+    2>/dev/null > .venv/torch-constraint.txt    # (torch warns that numpy is not there yet)
 .venv/bin/python -m pip install -q -e ".[test]" -c .venv/torch-constraint.txt
 echo "deepmir installed in $(pwd)/.venv"
