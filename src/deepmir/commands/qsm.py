@@ -446,7 +446,7 @@ def register(sub):
     r.add_argument("--chi-cfl2", dest="chi_cfl2",
                    help="optional: closed-form L2 map of the same local field (ppm)")
     r.add_argument("--qc", help="optional QC PNG")
-    r.add_argument("--unwrap", choices=("laplacian", "region_growing"))
+    r.add_argument("--unwrap", choices=("laplacian", "laplacian_weighted", "region_growing"))
     r.add_argument("--background", choices=("pdf", "vsharp"))
     r.add_argument("--inversion", choices=("medi", "tkd", "cfl2"))
     _inversion_opts(r, workflow=True)

@@ -1,7 +1,7 @@
 """Defaults of the QSM chain (torch-free so that the command line starts fast)."""
 
 DEFAULTS = {
-    "unwrap": "laplacian",          # laplacian | region_growing
+    "unwrap": "laplacian",          # laplacian | laplacian_weighted | region_growing
     "background": "pdf",            # pdf | vsharp
     "inversion": "medi",            # medi | tkd | cfl2
     "lambda": "auto",               # MEDI λ (toolbox units) or auto: the L-curve rule

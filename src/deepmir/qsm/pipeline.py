@@ -21,11 +21,17 @@ from .cfl2 import cfl2
 from .fit import fit_multi_echo, r2star_map
 from .inversion import erode_mask, extract_csf_mask, medi_l1, ppm_to_rad, tkd
 from .lambda_rule import lcurve_lambda
-from .unwrap import unwrap_laplacian, unwrap_region_growing
+from .unwrap import unwrap_laplacian, unwrap_region_growing, unwrap_weighted
 from .weights import effective_noise, missing_voxels
 
 from deepmir.qsm.defaults import DEFAULTS  # noqa: E402  (torch-free, for the CLI)
 from deepmir.device import pick_device
+
+
+# laplacian_weighted: a voxel whose phase noise per echo spacing is above this (radians) is left
+# out of the unwrapping's links (its wrapped differences to its neighbours are then often
+# wrong by 2π)
+RELIABLE_PHASE_NOISE_RAD = 1.0
 
 
 def hz_per_ppm(b0_tesla: float) -> float:
@@ -169,6 +175,15 @@ def reconstruct(mag, phase, te, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0),
     imag = np.sqrt((mag ** 2).sum(-1))
     if p["unwrap"] == "laplacian":
         unwrapped = unwrap_laplacian(wrapped, voxel_size, magnitude=imag, mask=m, device=dev)
+    elif p["unwrap"] == "laplacian_weighted":
+        # least squares on the links between voxels whose phase is not noise (a calcification's
+        # or a vein's random differences would bend the Laplacian's solution around them)
+        nz = inflate_noise(fit["noise_std"], fit["relres"], m) if p["residual_weighting"] \
+            else fit["noise_std"]
+        reliable = m & (nz * dt <= RELIABLE_PHASE_NOISE_RAD)
+        unwrapped, uw = unwrap_weighted(wrapped, voxel_size, reliable if reliable.any() else m,
+                                        magnitude=imag, device=dev)
+        info.update(unwrap_left_out=int(m.sum() - reliable.sum()), unwrap_cg=uw["iterations"])
     elif p["unwrap"] == "region_growing":
         unwrapped = unwrap_region_growing(wrapped, magnitude=imag, mask=m)
     else:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ._torch import as_float, check_voxel_size, resolve_device, to_numpy
+from ._torch import as_float, cg, check_voxel_size, resolve_device, to_numpy
 
 TWO_PI = 2.0 * np.pi
 
@@ -71,12 +71,18 @@ def unwrap_laplacian(wrapped, voxel_size, magnitude=None, mask=None,
             d = d * mk.narrow(ax, 1, n - 1) * mk.narrow(ax, 0, n - 1)
         lap.narrow(ax, 0, n - 1).add_(d)
         lap.narrow(ax, 1, n - 1).sub_(d)
-    mats = [_dct_matrix(n, dev) for n in phi.shape]
+    u = _poisson_neumann(lap, vs, dev)
+    return to_numpy(_fit_constant(u, phi, magnitude, mk, dev))
+
+
+def _poisson_neumann(lap: torch.Tensor, vs, dev) -> torch.Tensor:
+    """u with 7-point Laplacian ``lap`` and reflecting boundaries (zero mean), by a DCT-II."""
+    mats = [_dct_matrix(n, dev) for n in lap.shape]
     coef = lap
     for ax in range(3):
         coef = _along(coef, mats[ax], ax)
     eig = torch.zeros(coef.shape, dtype=torch.float32, device=dev)
-    for ax, n in enumerate(phi.shape):
+    for ax, n in enumerate(lap.shape):
         k = torch.arange(n, dtype=torch.float32, device=dev)
         e = (2.0 * torch.cos(np.pi * k / n) - 2.0) / (vs[ax] ** 2)
         view = [1, 1, 1]
@@ -88,12 +94,63 @@ def unwrap_laplacian(wrapped, voxel_size, magnitude=None, mask=None,
     u = coef
     for ax in range(3):
         u = _along(u, mats[ax].T, ax)
+    return u
+
+
+def _fit_constant(u, phi, magnitude, mk, dev):
+    """``u`` plus the constant with which it agrees best with ``phi`` modulo 2π (magnitude-
+    weighted where given, over ``mk`` where given)."""
     wts = torch.ones_like(u) if magnitude is None else as_float(np.nan_to_num(magnitude), dev)
     if mk is not None:
         wts = wts * mk
     z = (wts * torch.polar(torch.ones_like(u), phi - u)).sum()
-    u = u + float(torch.angle(z))
-    return to_numpy(u)
+    return u + float(torch.angle(z))
+
+
+def unwrap_weighted(wrapped, voxel_size, reliable, magnitude=None, tol: float = 1e-3,
+                    max_iter: int = 100, device=None) -> tuple[np.ndarray, dict]:
+    """Weighted least-squares unwrapping (Ghiglia & Romero 1994) on the links between reliable
+    voxels: u minimising Σ (u_i − u_j − wrap(φ_i − φ_j))² / d² over neighbour pairs that are
+    both in ``reliable``, by conjugate gradients preconditioned with the DCT Poisson solver
+    (the unweighted problem) and started from its solution. Where the true neighbour
+    differences are below π, u equals the true phase on each connected set of reliable voxels
+    up to a constant, whatever the phase of the voxels left out (noise: a calcification's, a
+    vein's); those get the smooth continuation. Unlike :func:`unwrap_laplacian` with a mask,
+    the differences across the links it leaves out are not taken as 0.
+
+    ``wrapped``: (X, Y, Z) radians; ``reliable``: bool (X, Y, Z). Returns float32 radians and
+    ``{"iterations", "relres"}`` of the solve.
+    """
+    vs = check_voxel_size(voxel_size)
+    dev = resolve_device(device)
+    phi = as_float(np.nan_to_num(np.asarray(wrapped, dtype=np.float32)), dev)
+    rel = as_float(np.asarray(reliable) != 0, dev)
+    links = []
+    b = torch.zeros_like(phi)
+    for ax in range(3):
+        n = phi.shape[ax]
+        if n < 2:
+            continue
+        w = rel.narrow(ax, 1, n - 1) * rel.narrow(ax, 0, n - 1) / (vs[ax] ** 2)
+        g = _wrap_t(phi.narrow(ax, 1, n - 1) - phi.narrow(ax, 0, n - 1)) * w
+        b.narrow(ax, 1, n - 1).add_(g)
+        b.narrow(ax, 0, n - 1).sub_(g)
+        links.append((ax, w))
+
+    def apply_a(u):
+        out = torch.zeros_like(u)
+        for ax, w in links:
+            n = u.shape[ax]
+            d = (u.narrow(ax, 1, n - 1) - u.narrow(ax, 0, n - 1)) * w
+            out.narrow(ax, 1, n - 1).add_(d)
+            out.narrow(ax, 0, n - 1).sub_(d)
+        return out
+
+    def precond(r):                 # the unweighted operator's inverse: −(Neumann Laplacian)⁻¹
+        return -_poisson_neumann(r, vs, dev)
+
+    u, iters, relres = cg(apply_a, b, tol, max_iter, x0=precond(b), precond=precond)
+    return to_numpy(_fit_constant(u, phi, magnitude, rel, dev)), {"iterations": iters, "relres": relres}
 
 
 # ---------------------------------------------------------------- region growing
