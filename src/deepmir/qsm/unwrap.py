@@ -61,18 +61,26 @@ def unwrap_laplacian(wrapped, voxel_size, magnitude=None, mask=None,
     dev = resolve_device(device)
     phi = as_float(np.nan_to_num(w), dev)
     mk = None if mask is None else as_float(np.asarray(mask) != 0, dev)
-    lap = torch.zeros_like(phi)
+    u = _poisson_neumann(_link_laplacian(phi, mk, vs, wrap=True), vs, dev)
+    return to_numpy(_fit_constant(u, phi, magnitude, mk, dev))
+
+
+def _link_laplacian(x: torch.Tensor, mk, vs, wrap: bool) -> torch.Tensor:
+    """7-point Laplacian Σ_n (x_n − x)/d² over the neighbour links with both voxels in ``mk``
+    (every link when None); ``wrap``: of the wrapped differences (the Laplacian of the true
+    phase, for unwrapping)."""
+    lap = torch.zeros_like(x)
     for ax in range(3):
-        n = phi.shape[ax]
+        n = x.shape[ax]
         if n < 2:
             continue
-        d = _wrap_t(phi.narrow(ax, 1, n - 1) - phi.narrow(ax, 0, n - 1)) / (vs[ax] ** 2)
+        d = x.narrow(ax, 1, n - 1) - x.narrow(ax, 0, n - 1)
+        d = (_wrap_t(d) if wrap else d) / (vs[ax] ** 2)
         if mk is not None:
             d = d * mk.narrow(ax, 1, n - 1) * mk.narrow(ax, 0, n - 1)
         lap.narrow(ax, 0, n - 1).add_(d)
         lap.narrow(ax, 1, n - 1).sub_(d)
-    u = _poisson_neumann(lap, vs, dev)
-    return to_numpy(_fit_constant(u, phi, magnitude, mk, dev))
+    return lap
 
 
 def _poisson_neumann(lap: torch.Tensor, vs, dev) -> torch.Tensor:
@@ -125,26 +133,12 @@ def unwrap_weighted(wrapped, voxel_size, reliable, magnitude=None, tol: float = 
     dev = resolve_device(device)
     phi = as_float(np.nan_to_num(np.asarray(wrapped, dtype=np.float32)), dev)
     rel = as_float(np.asarray(reliable) != 0, dev)
-    links = []
-    b = torch.zeros_like(phi)
-    for ax in range(3):
-        n = phi.shape[ax]
-        if n < 2:
-            continue
-        w = rel.narrow(ax, 1, n - 1) * rel.narrow(ax, 0, n - 1) / (vs[ax] ** 2)
-        g = _wrap_t(phi.narrow(ax, 1, n - 1) - phi.narrow(ax, 0, n - 1)) * w
-        b.narrow(ax, 1, n - 1).add_(g)
-        b.narrow(ax, 0, n - 1).sub_(g)
-        links.append((ax, w))
+    # the normal equations A u = b: A = −(Laplacian over the reliable links), b = −(that
+    # Laplacian of the wrapped differences)
+    b = -_link_laplacian(phi, rel, vs, wrap=True)
 
     def apply_a(u):
-        out = torch.zeros_like(u)
-        for ax, w in links:
-            n = u.shape[ax]
-            d = (u.narrow(ax, 1, n - 1) - u.narrow(ax, 0, n - 1)) * w
-            out.narrow(ax, 1, n - 1).add_(d)
-            out.narrow(ax, 0, n - 1).sub_(d)
-        return out
+        return -_link_laplacian(u, rel, vs, wrap=False)
 
     def precond(r):                 # the unweighted operator's inverse: −(Neumann Laplacian)⁻¹
         return -_poisson_neumann(r, vs, dev)
