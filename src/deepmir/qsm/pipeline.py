@@ -170,6 +170,11 @@ def reconstruct(mag, phase, te, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0),
     timings["field_fit"] = time.perf_counter() - t
     info["fit_iterations"] = fit["iterations"]
 
+    # the field's noise (ppm), the map PDF and the inversion weight by
+    noise = (fit["noise_std"] / (2 * np.pi * hz_per_ppm(b0_tesla))).astype(np.float32)
+    if p["residual_weighting"]:
+        noise = inflate_noise(noise, fit["relres"], m)
+
     t = time.perf_counter()
     wrapped = fit["field"] * dt  # rad per ΔTE, in (−π, π]
     imag = np.sqrt((mag ** 2).sum(-1))
@@ -178,9 +183,7 @@ def reconstruct(mag, phase, te, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0),
     elif p["unwrap"] == "laplacian_weighted":
         # least squares on the links between voxels whose phase is not noise (a calcification's
         # or a vein's random differences would bend the Laplacian's solution around them)
-        nz = inflate_noise(fit["noise_std"], fit["relres"], m) if p["residual_weighting"] \
-            else fit["noise_std"]
-        reliable = m & (nz * dt <= RELIABLE_PHASE_NOISE_RAD)
+        reliable = m & (noise * (2 * np.pi * hz_per_ppm(b0_tesla) * dt) <= RELIABLE_PHASE_NOISE_RAD)
         unwrapped, uw = unwrap_weighted(wrapped, voxel_size, reliable if reliable.any() else m,
                                         magnitude=imag, device=dev)
         info.update(unwrap_left_out=int(m.sum() - reliable.sum()), unwrap_cg=uw["iterations"])
@@ -191,9 +194,6 @@ def reconstruct(mag, phase, te, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0),
     timings["unwrap"] = time.perf_counter() - t
 
     total = field_ppm_from_phase_rate(unwrapped, dt, b0_tesla, phase_sign) * m
-    noise = (fit["noise_std"] / (2 * np.pi * hz_per_ppm(b0_tesla))).astype(np.float32)
-    if p["residual_weighting"]:
-        noise = inflate_noise(noise, fit["relres"], m)
 
     t = time.perf_counter()
     r2s = r2star_map(mag, te, mask=m, device=dev)
