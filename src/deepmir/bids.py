@@ -235,7 +235,9 @@ def _find_files(rec: Record, root: Path, annotations: str, filters: dict):
 
 # header-level checks ---------------------------------------------------------------------
 
-def _header(path: Path):
+def image_header(path: Path):
+    """(nibabel image, 3D shape) of a NIfTI file after the header-level checks (readable, 3D,
+    real voxels, size, orientation); one-line InputError otherwise."""
     niio.regular_file(path, "image")
     size = path.stat().st_size
     if size == 0:
@@ -295,10 +297,10 @@ def check_headers(rec: Record, min_echoes: int = 1) -> dict:
     """Header/JSON checks; returns the series description used by later stages."""
     if len(rec.mag) < min_echoes:
         raise InputError(rec.mag[0], f"{len(rec.mag)} echo(es) found, at least {min_echoes} needed")
-    ref_img, ref_shape = _header(rec.mag[0])
+    ref_img, ref_shape = image_header(rec.mag[0])
     te, b0, sign, b0_dirs = [], [], [], []   # (value, sidecar) pairs, but te: (echo, value, sidecar)
     for path in rec.mag + rec.phase:
-        img, shape = _header(path)
+        img, shape = image_header(path)
         if shape != ref_shape:
             raise InputError(path, f"shape {shape} differs from {rec.mag[0].name} {ref_shape}")
         if not np.allclose(img.affine, ref_img.affine, atol=AFFINE_TOL_MM):
@@ -343,13 +345,13 @@ def check_headers(rec: Record, min_echoes: int = 1) -> dict:
             raise InputError(bad, f"EchoTime {echo_times[k]} s is not after echo {k} "
                                   f"({echo_times[k - 1]} s): echoes must be in order")
     if rec.annotation is not None:
-        img, shape = _header(rec.annotation)
+        img, shape = image_header(rec.annotation)
         if shape != ref_shape or not np.allclose(img.affine, ref_img.affine, atol=AFFINE_TOL_MM):
             raise InputError(rec.annotation, f"annotation grid {shape} does not match the MEGRE "
                                              f"grid {ref_shape} of {rec.mag[0].name}")
     for path in (rec.t1w, rec.t2w):
         if path is not None:
-            _header(path)
+            image_header(path)
     affine = ref_img.affine
     b0_dir = b0_dirs[0][0] if b0_dirs else b0_direction(affine)
     return {
@@ -449,7 +451,7 @@ def load_checked(rec: Record, min_echoes: int = 1, phase_unit: str = "auto", inf
     load_annotation(rec, info["Shape"])
     for path, kind in ((rec.t1w, "T1w"), (rec.t2w, "T2w")):
         if path is not None:
-            _finite_volume(_data(path, _header(path)[1]), path, kind)
+            _finite_volume(_data(path, image_header(path)[1]), path, kind)
     return mag, rad, affine, info
 
 

@@ -9,18 +9,13 @@ whole or not at all.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
-from deepmir import niio, nnunet
+from deepmir import bids, niio, nnunet
 from deepmir.dataset import LABEL_MODES, label_mode
 from deepmir.errors import InputError
-
-AFFINE_ATOL_MM = 1e-3
-
 
 def register(sub):
     p = sub.add_parser("export-nnunet", help="an experiment's channels and labels as a raw nnU-Net dataset",
@@ -37,20 +32,8 @@ def register(sub):
     p.set_defaults(func=run)
 
 
-def _header(path: Path):
-    niio.regular_file(path, "image")
-    try:
-        img = nib.load(str(path))
-    except Exception as err:  # nibabel raises many kinds
-        raise InputError(path, f"not a readable NIfTI image ({err})") from None
-    shape = tuple(int(s) for s in img.shape)
-    if len(shape) != 3:
-        raise InputError(path, f"expected a 3D image, got shape {shape}")
-    return shape, img.affine
-
-
 def _check_cases(cases, n_channels):
-    """[(case, [image paths], dseg path)] after checking names, counts and grids."""
+    """[(case, [image paths], dseg path, 3D shape)] after checking names, counts and grids."""
     out, seen = [], set()
     for items in cases:
         case, files = items[0], [Path(f) for f in items[1:]]
@@ -63,12 +46,12 @@ def _check_cases(cases, n_channels):
         if len(files) != n_channels + 1:
             raise InputError(case, f"--case {case} needs {n_channels} image(s) (one per channel) and a dseg, "
                                    f"got {len(files)} file(s)")
-        ref_shape, ref_affine = _header(files[-1])
+        ref_img, ref_shape = bids.image_header(files[-1])
         for f in files[:-1]:
-            shape, affine = _header(f)
-            if shape != ref_shape or not np.allclose(affine, ref_affine, atol=AFFINE_ATOL_MM):
+            img, shape = bids.image_header(f)
+            if shape != ref_shape or not np.allclose(img.affine, ref_img.affine, atol=bids.AFFINE_TOL_MM):
                 raise InputError(f, f"not on the grid of {files[-1]} (shape or affine differs)")
-        out.append((case, files[:-1], files[-1]))
+        out.append((case, files[:-1], files[-1], ref_shape))
     return out
 
 
@@ -89,21 +72,22 @@ def run(args) -> int:
     if problem:
         raise InputError(args.out, problem)
     cases = _check_cases(args.case, len(args.channels))
-    splits = _check_splits(args.splits, {c for c, _, _ in cases}) if args.splits else None
+    splits = _check_splits(args.splits, {c[0] for c in cases}) if args.splits else None
     if args.out.exists() and any(args.out.iterdir()):
         raise InputError(args.out, "the dataset folder exists and is not empty")
     description = (f"deepmir {args.label_mode} labels from {', '.join(args.channels)} on the MEGRE grid; "
                    f"{len(cases)} cases")
     with niio.together():
-        for case, images, dseg in cases:
+        for case, images, dseg, shape in cases:          # (X, Y, Z, 1) headers pass as 3D
             for i, path in enumerate(images):
                 data, affine = niio.load(path)
-                niio.save(args.out / "imagesTr" / nnunet.image_name(case, i), data, affine, dtype=np.float32)
+                niio.save(args.out / "imagesTr" / nnunet.image_name(case, i), data.reshape(shape), affine,
+                          dtype=np.float32)
             labels, affine = niio.load(dseg, dtype=np.int32)
-            niio.save(args.out / "labelsTr" / nnunet.label_name(case), label_mode(labels, args.label_mode),
-                      affine, dtype=np.uint8)
-        niio.write_text(args.out / "dataset.json", json.dumps(
-            nnunet.dataset_json(args.channels, args.label_mode, len(cases), description), indent=2) + "\n")
+            niio.save(args.out / "labelsTr" / nnunet.label_name(case),
+                      label_mode(labels.reshape(shape), args.label_mode), affine, dtype=np.uint8)
+        niio.write_json(args.out / "dataset.json",
+                        nnunet.dataset_json(args.channels, args.label_mode, len(cases), description))
         if splits is not None:
             niio.write_json(args.out / "splits_final.json", splits)
     print(f"deepmir export-nnunet: {len(cases)} cases, channels {' '.join(args.channels)}, "
