@@ -61,14 +61,6 @@ def bids_path(pid: str, name: str) -> str:
     return f"{participant_folder(pid)}/{pid}_{name}"
 
 
-def json_sidecar(path: str) -> str:
-    """The JSON sidecar of a ``.nii.gz`` / ``.nii`` / ``.tsv`` file."""
-    for ext in (".nii.gz", ".nii", ".tsv"):
-        if path.endswith(ext):
-            return path[: -len(ext)] + ".json"
-    raise ValueError(f"no sidecar for {path}")
-
-
 def bids_uri(path: str, dataset_root: str) -> str:
     """``bids:raw:<path inside the input dataset>``."""
     rel = os.path.relpath(os.path.abspath(path), os.path.abspath(dataset_root))

@@ -66,6 +66,16 @@ def load(path, dtype=np.float32):
     return np.asarray(img.dataobj, dtype=dtype), img.affine.copy()
 
 
+def sidecar_path(nifti) -> Path:
+    """The JSON sidecar of a NIfTI path (BIDS: the same name with .json)."""
+    p = Path(nifti)
+    name = p.name
+    for ext in NIFTI_EXTENSIONS[::-1]:          # .nii.gz before .nii
+        if name.endswith(ext):
+            return p.with_name(name[: -len(ext)] + ".json")
+    return p.with_name(name + ".json")
+
+
 # ----------------------------------------------------------------------------- writing
 @contextmanager
 def atomic(path):

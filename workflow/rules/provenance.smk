@@ -58,21 +58,21 @@ rule derivatives_participant:
     Sources and SpatialReference as BIDS URIs into the input dataset."""
     input:
         maps=lambda wc: [out(stage, _checked_pid(wc), name) for name, (stage, _) in _deriv.PARTICIPANT_MAPS.items()],
-        sidecars=lambda wc: [out(stage, wc.pid, _deriv.json_sidecar(name)) for name, stage in _WORKING_SIDECARS.items()],
+        sidecars=lambda wc: [out(stage, wc.pid, _niio.sidecar_path(name)) for name, stage in _WORKING_SIDECARS.items()],
     output:
         [f"{OUT}/{{folder}}/anat/{{pid}}_{name}" for n in _deriv.PARTICIPANT_MAPS
-         for name in (n, _deriv.json_sidecar(n))],
+         for name in (n, _niio.sidecar_path(n))],
     wildcard_constraints:
         folder=_FOLDER,
     params:
         sources=lambda wc: [_deriv.bids_uri(f, BIDS) for f in _raw_images(wc.pid)],
-        working=lambda wc: {name: out(stage, wc.pid, _deriv.json_sidecar(name)) for name, stage in _WORKING_SIDECARS.items()},
+        working=lambda wc: {name: out(stage, wc.pid, _niio.sidecar_path(name)) for name, stage in _WORKING_SIDECARS.items()},
     run:
         with _niio.together():
             for src, name, dst in zip(input.maps, _deriv.PARTICIPANT_MAPS, output[::2]):
                 working = params.working.get(name)
                 _niio.copy(src, dst)
-                _niio.write_json(_deriv.json_sidecar(dst), _deriv.image_metadata(
+                _niio.write_json(_niio.sidecar_path(dst), _deriv.image_metadata(
                     _niio.read_json(working) if working else None, params.sources, params.sources[0],
                     _deriv.PARTICIPANT_MAPS[name][1]))
 
@@ -100,8 +100,8 @@ if CENSUS_APPLIED:
         output:
             **{k: f"{OUT}/{{folder}}/anat/{{pid}}_{n}" for k, n in _CENSUS_NAMES.items()},
             labels=f"{OUT}/{{folder}}/anat/{{pid}}_{_CENSUS_NAMES['dseg'].replace('.nii.gz', '.tsv')}",
-            dseg_json=f"{OUT}/{{folder}}/anat/{{pid}}_{_deriv.json_sidecar(_CENSUS_NAMES['dseg'])}",
-            probseg_json=f"{OUT}/{{folder}}/anat/{{pid}}_{_deriv.json_sidecar(_CENSUS_NAMES['probseg'])}",
+            dseg_json=f"{OUT}/{{folder}}/anat/{{pid}}_{_niio.sidecar_path(_CENSUS_NAMES['dseg'])}",
+            probseg_json=f"{OUT}/{{folder}}/anat/{{pid}}_{_niio.sidecar_path(_CENSUS_NAMES['probseg'])}",
         wildcard_constraints:
             folder=_FOLDER,
         params:

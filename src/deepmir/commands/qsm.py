@@ -88,16 +88,6 @@ def _write_all(outputs, sidecars=()):
                 niio.write_json(path, {k: v for k, v in obj.items() if k not in RUN_TIMES})
 
 
-def sidecar_path(nifti) -> Path:
-    """The JSON sidecar of a NIfTI path (BIDS: the same name with .json)."""
-    p = Path(nifti)
-    name = p.name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            return p.with_name(name[: -len(ext)] + ".json")
-    return p.with_name(name + ".json")
-
-
 def _lambda_arg(text):
     """--lambda: "auto" (the L-curve rule) or a positive number (MEDI units)."""
     if str(text).strip().lower() == "auto":
@@ -193,7 +183,7 @@ def run_qsm(args) -> int:
                 missing_weight=args.missing_weight, missing_min_mm3=args.missing_min_mm3,
                 csf_reference=csf is not None,
                 unit="ppm")
-    side = sidecar_path(args.output)
+    side = niio.sidecar_path(args.output)
     _write_all([(args.output, res["chi"], aff)], [(side, info)])
     _print_lambda(info, "deepmir qsm")
     msg = args.method
@@ -310,7 +300,7 @@ def run_qsm_run(args) -> int:
     info = dict(res["info"], echo_spacing=res["delta_te"], field_strength=b0, unit="ppm",
                 settings={k: params.get(k, DEFAULTS[k]) for k in DEFAULTS})
     with niio.together():
-        _write_all(outs, [(sidecar_path(args.chi), info)])
+        _write_all(outs, [(niio.sidecar_path(args.chi), info)])
         if args.qc:
             chi = res["chi"]
             r = np.percentile(np.abs(chi[res["mask"]]), 99) if res["mask"].any() else 0.2
