@@ -10,6 +10,7 @@ import shlex
 from pathlib import Path
 
 from deepmir import niio as _niio
+from deepmir import nnunet as _nnunet
 from deepmir.folds import loo_folds as _loo_folds
 from deepmir.modelcard import channel_settings as _channel_settings
 from deepmir.modelcard import settings_mismatch as _settings_mismatch
@@ -206,7 +207,7 @@ if LEARN_EXPERIMENTS:
         """The experiment's raw nnU-Net dataset folder (IDs from learn.nnunet_dataset_id on, in
         the order of learn.experiments)."""
         nid = LEARN["nnunet_dataset_id"] + list(LEARN_EXPERIMENTS).index(experiment)
-        return f"{OUT}/nnunet/Dataset{nid:03d}_{experiment}"
+        return f"{OUT}/nnunet/{_nnunet.dataset_name(nid, experiment)}"
 
     if LEARN["nnunet_dataset_id"] + len(LEARN_EXPERIMENTS) - 1 > 999:
         sys.exit(f"deepmir: error: config learn.nnunet_dataset_id {LEARN['nnunet_dataset_id']}: "
