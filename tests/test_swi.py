@@ -58,3 +58,22 @@ def test_minip_and_slice_axis():
     mp = minip(x, (0, 0, 1), 3)
     assert mp.shape == x.shape and np.all(mp <= x)
     assert mp[2, 3, 5] == pytest.approx(x[2, 3, 4:7].min())
+
+
+def test_auto_device_means_the_same_for_swi_qsm_and_learning(monkeypatch):
+    """One meaning of ``auto``: CUDA when available (``deepmir swi --device auto`` used to run on
+    the CPU while ``deepmir qsm`` used the GPU, and ``resolve_device("auto")`` raised)."""
+    import torch
+
+    from deepmir.device import pick_device
+    from deepmir.qsm._torch import resolve_device
+
+    assert resolve_device(None) == torch.device("cpu")
+    for avail in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda a=avail: a)
+        want = torch.device("cuda" if avail else "cpu")
+        assert resolve_device("auto") == pick_device("auto") == want
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    mag = np.ones((8, 8, 4), np.float32)
+    out = swi(mag, np.zeros_like(mag), device="auto")    # the CLI passes "auto" through
+    np.testing.assert_allclose(out["swi"], mag, atol=1e-6)

@@ -329,7 +329,7 @@ def run_swi(args) -> int:
     if args.window < 2:
         raise InputError("--window", f"window must be ≥ 2 k-space lines, got {args.window}")
     res = swi(mag[..., k], phase[..., k], b0dir, sign, (args.window, args.window), args.power,
-              device=args.device if args.device != "auto" else None)
+              device=args.device)
     out = res["swi"]
     if args.mask:
         m = _load_mask(args.mask, mag.shape, aff)

@@ -9,7 +9,11 @@ from deepmir.dipole import fast_len
 
 
 def resolve_device(device=None) -> torch.device:
-    return torch.device("cpu") if device is None else torch.device(device)
+    """None: the CPU (a numerics function computes where it is told to); anything else as
+    :func:`deepmir.device.pick_device` reads it (``auto``: CUDA when available)."""
+    from deepmir.device import pick_device
+
+    return torch.device("cpu") if device is None else pick_device(device)
 
 
 def as_float(a, device, dtype=torch.float32) -> torch.Tensor:
