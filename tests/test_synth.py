@@ -282,3 +282,25 @@ def test_tissue_realism_leaves_lesions_and_labels_alone(tiny_cfg, tiny_sim):
     assert tex_sd > plain_sd + 0.002, (plain_sd, tex_sd)
     # the field beyond scalar χ: the local field is not the dipole field of χ alone
     assert not np.allclose(plain["truth"]["local_field"], t["local_field"], atol=1e-3)
+
+
+def test_microbleed_diameters_stay_in_the_configured_range():
+    """Every CMB's ellipsoid has a diameter in ``cmb_diameter_range_mm`` up to its ±15 % axis
+    jitter: the demo's lower bound (2.6 mm, scaled with its median) leaves no one-voxel speck
+    that the 2 mm bound of the base settings draws on the same seeds."""
+    from deepmir.synth.phantom import draw_participant
+
+    def radii(cfg):
+        return np.array([les.radii for i in range(3)
+                         for les in draw_participant(np.random.default_rng(i), cfg).lesions
+                         if les.cls == "cmb"])
+
+    cfg = settings()
+    lo, hi = cfg["lesions"]["cmb_diameter_range_mm"]
+    assert (lo, hi) == (2.6, 10.0)
+    r = radii(cfg)
+    assert len(r) >= 15
+    assert r.min() >= lo / 2 * 0.85 and r.max() <= hi / 2 * 1.15
+    assert np.mean(np.isclose(np.prod(r, axis=1) ** (1 / 3) * 2, lo, rtol=0.16)) > 0.1   # clipped ones
+    cfg["lesions"]["cmb_diameter_range_mm"] = [2.0, 10.0]
+    assert radii(cfg).min() < lo / 2 * 0.85

@@ -46,6 +46,7 @@ BASE = {
         "cmb_count_bins": [[0, 0, 4], [1, 2, 13], [3, 8, 6], [120, 120, 1]],
         "cmb_region_weights": {"lobar": 0.7, "deep": 0.2, "infratentorial": 0.1},
         "cmb_median_diameter_mm": 2.6,
+        "cmb_diameter_range_mm": [2.0, 10.0],   # a microbleed's definition (Greenberg 2009)
         "iron_count_bins": [[0, 0, 5], [1, 4, 19]],
         "iron_bilateral_prob": 0.6,
         "vein_count_bins": [[3, 6, 1]],
@@ -59,10 +60,13 @@ PRESETS = {
     # mimics: a fold of the demo learns from a few dozen microbleeds, not from three. Its grid
     # is coarse (5.1 mm³ voxels, the study's 1.5 mm³): microbleeds drawn at a median 3.4 mm keep
     # the study's size in voxels (mean 6.3 mm³ ≈ 4 voxels, method.md §1) instead of shrinking
-    # to 1–2-voxel specks that a rater would not see on SWI either
+    # to 1–2-voxel specks that a rater would not see on SWI either. The lower bound of the
+    # size range scales with the median (2 mm × 3.4 / 2.6): clipped at 2 mm, one microbleed in
+    # eight was a one-voxel speck of 4–6 mm³ on this grid, some with no dark spot on SWI at all
     "demo": {
         "lesions": {
             "cmb_median_diameter_mm": 3.4,
+            "cmb_diameter_range_mm": [2.6, 10.0],
             "cmb_count_bins": [[5, 10, 1]],
             "iron_count_bins": [[2, 4, 1]],
             "calcification_count_bins": [[1, 3, 1]],

@@ -242,9 +242,10 @@ def _draw_lesions(rng, cfg, hm, p: Participant):
     w = np.array([lc["cmb_region_weights"][g] for g in groups], float)
     for _ in range(n_cmb):
         region = groups[rng.choice(len(groups), p=w / w.sum())]
-        d = float(np.clip(np.exp(rng.normal(np.log(lc["cmb_median_diameter_mm"]), 0.35)), 2, 10))
+        lo, hi = lc["cmb_diameter_range_mm"]
+        d = float(np.clip(np.exp(rng.normal(np.log(lc["cmb_median_diameter_mm"]), 0.35)), lo, hi))
         if rng.random() < 0.1:
-            d = float(rng.uniform(4, 10))
+            d = float(rng.uniform(max(lo, 4.0), hi))
         radii = d / 2 * rng.uniform(0.85, 1.15, 3)
         mni = _pick(rng, hm, region, taken, 6.0, margin, radii.max(), gap)
         add("cmb", mni, radii.max(), chi=float(rng.uniform(0.4, 1.0)),
