@@ -145,6 +145,30 @@ def test_lesions_from_probs_thresholds_sizes_and_cmb_bound():
     assert (kept == 1).sum() == 4 + 4 * 14 * 14
 
 
+def test_a_lesion_extends_from_its_confident_voxel_down_to_half_the_threshold():
+    """Hysteresis (postprocess step 1): one voxel above the threshold makes a lesion of the
+    connected voxels above half of it, so a minimum size does not drop a lesion the model saw
+    with one confident voxel; a region that never reaches the threshold is no lesion; the
+    extent stops where the other class wins."""
+    probs = np.zeros((3, 3, 20, 20), np.float32)
+    probs[0] = 1
+    iron = (slice(None), slice(2, 5), slice(2, 5))
+    probs[2][iron], probs[0][iron] = 0.45, 0.55                  # the deposit's rim: 0.45
+    probs[2, 1, 3, 3], probs[0, 1, 3, 3] = 1.0, 0.0              # its confident centre
+    probs[2, 1, 12:14, 12:14], probs[0, 1, 12:14, 12:14] = 0.5, 0.5   # never above 0.6
+    probs[2, 1, 3, 5], probs[0, 1, 3, 5] = 0.45, 0.55            # touching the rim …
+    probs[1, 1, 3, 6], probs[0, 1, 3, 6] = 0.45, 0.55            # … and a CMB-won voxel next
+    op = {1: {"threshold": 0.6, "min_size": 1}, 2: {"threshold": 0.6, "min_size": 2}}
+    lab = pp.lesions_from_probs(probs, "multiclass", op, voxel_size=(1, 1, 1))
+    assert (lab == 2).sum() == 27 + 1 and (lab[iron] == 2).all() and lab[1, 3, 5] == 2
+    assert not lab[1, 12:14, 12:14].any() and lab[1, 3, 6] == 0
+    assert pp.EXTENT_FRACTION == 0.5
+    probs[2][iron] = 0.25                                        # below half the threshold
+    probs[2, 1, 3, 3] = 1.0
+    lab = pp.lesions_from_probs(probs, "multiclass", op, voxel_size=(1, 1, 1))
+    assert not (lab == 2).any()                                  # one voxel < min_size 2
+
+
 def test_qsm_rule_drops_diamagnetic_cmbs_only():
     lab = np.zeros((10, 20, 20), np.uint8)
     chi = np.zeros((10, 20, 20))

@@ -3,9 +3,14 @@
 
 A prediction becomes lesions in three steps (:func:`lesions_from_probs`):
 
-1. **Threshold, per class.** Single class: voxels with ``p > threshold``. Multi-class
-   (background, CMB, iron): a voxel is CMB when ``p_cmb > threshold_cmb`` and
-   ``p_cmb ≥ p_iron``, iron when ``p_iron > threshold_iron`` and ``p_iron > p_cmb``.
+1. **Threshold, per class, with hysteresis.** A voxel can belong to a class when the class's
+   probability wins: single class, any voxel; multi-class (background, CMB, iron), CMB where
+   ``p_cmb ≥ p_iron`` and iron where ``p_iron > p_cmb``. A lesion is a 26-connected region of
+   such voxels with ``p > EXTENT_FRACTION · threshold`` that holds at least one voxel with
+   ``p > threshold``: the threshold decides *whether* there is a lesion (its most confident
+   voxel), the lower level *how far* it extends. With a single level, an iron deposit the
+   model saw with one voxel at 1.0 and its neighbours at 0.5 became a one-voxel component,
+   which a minimum size of 2 then removed (demo, seed 1).
 2. **Components.** 26-connected components of each class (as the evaluation counts them);
    components smaller than the class's ``min_size`` voxels are dropped, and so are CMB
    components larger than ``max_cmb_diameter_mm`` (equivalent-sphere diameter; the study's
@@ -33,6 +38,8 @@ MODE_CLASS_OF_LABEL = {"cmb": {CMB: "cmb"}, "iron": {IRON: "iron"}, "union": {CM
                        "multiclass": {CMB: "cmb", IRON: "iron"}}
 DEFAULT_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 DEFAULT_MIN_SIZES = (1, 2, 3)
+#: a lesion extends over the connected voxels above this fraction of its class threshold
+EXTENT_FRACTION = 0.5
 
 
 def default_operating_point(mode: str, threshold: float = 0.5, min_size: int = 1) -> dict:
@@ -40,15 +47,28 @@ def default_operating_point(mode: str, threshold: float = 0.5, min_size: int = 1
     return {int(lab): {"threshold": float(threshold), "min_size": int(min_size)} for lab in MODE_LABELS[mode]}
 
 
+def hysteresis(p: np.ndarray, threshold: float, allowed=None) -> np.ndarray:
+    """Voxels of the 26-connected regions of ``p > EXTENT_FRACTION · threshold`` (within
+    ``allowed``) that hold a voxel with ``p > threshold``."""
+    allowed = np.ones(p.shape, bool) if allowed is None else allowed
+    extent = (p > EXTENT_FRACTION * threshold) & allowed
+    lab, n = ndimage.label(extent, structure=STRUCTURE_26)
+    keep = np.zeros(n + 1, bool)
+    keep[lab[(p > threshold) & extent]] = True
+    keep[0] = False
+    return keep[lab]
+
+
 def class_masks(probs: np.ndarray, mode: str, thresholds: dict) -> dict:
-    """{label: bool mask}: ``probs`` is ``[K, ...]`` (K = 1 sigmoid, K = 3 softmax bg/CMB/iron);
-    ``thresholds`` {label: threshold}."""
+    """{label: bool mask} (step 1 of the module docstring): ``probs`` is ``[K, ...]`` (K = 1
+    sigmoid, K = 3 softmax bg/CMB/iron); ``thresholds`` {label: threshold}."""
     p = np.asarray(probs)
     if p.shape[0] == 1:
         (lab,) = MODE_LABELS[mode]
-        return {lab: p[0] > thresholds[lab]}
-    return {CMB: (p[CMB] > thresholds[CMB]) & (p[CMB] >= p[IRON]),
-            IRON: (p[IRON] > thresholds[IRON]) & (p[IRON] > p[CMB])}
+        return {lab: hysteresis(p[0], thresholds[lab])}
+    cmb_wins = p[CMB] >= p[IRON]
+    return {CMB: hysteresis(p[CMB], thresholds[CMB], cmb_wins),
+            IRON: hysteresis(p[IRON], thresholds[IRON], ~cmb_wins)}
 
 
 def components(mask: np.ndarray):
