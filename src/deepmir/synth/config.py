@@ -61,8 +61,8 @@ PRESETS = {
     # is coarse (5.1 mm³ voxels, the study's 1.5 mm³): microbleeds drawn at a median 3.4 mm keep
     # the study's size in voxels (mean 6.3 mm³ ≈ 4 voxels, method.md §1) instead of shrinking
     # to 1–2-voxel specks that a rater would not see on SWI either. The lower bound of the
-    # size range scales with the median (2 mm × 3.4 / 2.6): clipped at 2 mm, one microbleed in
-    # eight was a one-voxel speck of 4–6 mm³ on this grid, some with no dark spot on SWI at all
+    # size range scales with the median (2 mm × 3.4 / 2.6): clipped at 2 mm, 6 of seed 1's 43
+    # microbleeds were one-voxel specks of 4–8 mm³ on this grid, two with no dark spot on SWI
     "demo": {
         "lesions": {
             "cmb_median_diameter_mm": 3.4,
