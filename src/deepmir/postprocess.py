@@ -50,8 +50,9 @@ def default_operating_point(mode: str, threshold: float = 0.5, min_size: int = 1
 def hysteresis(p: np.ndarray, threshold: float, allowed=None) -> np.ndarray:
     """Voxels of the 26-connected regions of ``p > EXTENT_FRACTION · threshold`` (within
     ``allowed``) that hold a voxel with ``p > threshold``."""
-    allowed = np.ones(p.shape, bool) if allowed is None else allowed
-    extent = (p > EXTENT_FRACTION * threshold) & allowed
+    extent = p > EXTENT_FRACTION * threshold
+    if allowed is not None:
+        extent &= allowed
     lab, n = ndimage.label(extent, structure=STRUCTURE_26)
     keep = np.zeros(n + 1, bool)
     keep[lab[(p > threshold) & extent]] = True
