@@ -304,3 +304,6 @@ def test_microbleed_diameters_stay_in_the_configured_range():
     assert np.mean(np.isclose(np.prod(r, axis=1) ** (1 / 3) * 2, lo, rtol=0.16)) > 0.1   # clipped ones
     cfg["lesions"]["cmb_diameter_range_mm"] = [2.0, 10.0]
     assert radii(cfg).min() < lo / 2 * 0.85
+    for bad in ([10, 2], [0, 10], [3], "2-10", [2, True]):
+        with pytest.raises(ValueError, match="cmb_diameter_range_mm"):
+            settings({"lesions": {"cmb_diameter_range_mm": bad}})

@@ -104,7 +104,14 @@ def settings(user: dict | None = None) -> dict:
     bad = unknown_keys(user, _key_tree(BASE), ("synth",))
     if bad:
         raise ValueError(bad[0])
-    return merge(merge(BASE, PRESETS[scale]), user)
+    out = merge(merge(BASE, PRESETS[scale]), user)
+    rng = out["lesions"]["cmb_diameter_range_mm"]
+    if not (isinstance(rng, (list, tuple)) and len(rng) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in rng)
+            and 0 < rng[0] <= rng[1]):
+        raise ValueError(f"config synth.lesions.cmb_diameter_range_mm: must be [min, max] in mm "
+                         f"with 0 < min ≤ max, got {rng!r}")
+    return out
 
 
 # the modules a synthetic participant is a function of (besides the settings and the seed)
