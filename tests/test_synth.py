@@ -307,3 +307,31 @@ def test_microbleed_diameters_stay_in_the_configured_range():
     for bad in ([10, 2], [0, 10], [3], "2-10", [2, True]):
         with pytest.raises(ValueError, match="cmb_diameter_range_mm"):
             settings({"lesions": {"cmb_diameter_range_mm": bad}})
+
+
+def test_deep_grey_lesions_stand_out_of_the_nucleus_texture():
+    """Labels and mimics in the deep nuclei are visible in their own truth: an iron deposit is
+    brighter against its ring than 4 σ of the pallidum's texture (0.10 ppm), a calcification
+    darker than 2 σ (−0.05). With the old increments (0.10–0.25 and −0.10 to −0.50 ppm) a
+    deposit of demo seed 3 kept 0.05 ppm (fainter than unlabelled texture spots the model then
+    found) and calcifications of report seed 1 kept −0.02, within 1 σ, so their sign could
+    not be recovered (docs/method.md §7, docs/qsm.md §6)."""
+    from deepmir.postprocess import delta_chi
+    from deepmir.synth import anatomy as A
+    from deepmir.synth.cohort import simulate
+    from deepmir.synth.tissue import TEXTURE_PPM
+
+    sigma = TEXTURE_PPM[A.PALLIDUM]
+    cfg = settings()
+    seen = {"iron": [], "calcification": []}
+    # demo seed 3's sub-001 and sub-006; report seed 1's participants 4 and 8 (0-based)
+    for seed, i in ((3, 0), (3, 5), (1, 4), (1, 8)):
+        t = simulate(cfg, seed, i)["truth"]
+        labelled = t["lesions"] > 0
+        for row in t["table"].itertuples():
+            where = t["lesions"] == row.lesion_id
+            if row.cls in seen and where.any():
+                seen[row.cls].append(delta_chi(t["chi"], where, labelled & ~where))
+    assert len(seen["iron"]) >= 5 and len(seen["calcification"]) >= 4
+    assert min(seen["iron"]) >= 4 * sigma, sorted(seen["iron"])
+    assert max(seen["calcification"]) <= -2 * sigma, sorted(seen["calcification"])

@@ -18,6 +18,16 @@ from deepmir.synth import anatomy as A
 
 LESION_CLASSES = ["cmb", "iron", "vein", "calcification", "epvs"]
 LABEL_OF_CLASS = {"cmb": 1, "iron": 2, "vein": 0, "calcification": 0, "epvs": 0}
+#: χ an iron deposit adds to its nucleus (ppm). A rater labels a deposit where it stands out of
+#: the nucleus's own texture (pallidum σ 0.025 ppm, synth/tissue.py), whose brightest
+#: unlabelled spots reach 0.08–0.125 ppm against their ring. Partial volume leaves a deposit
+#: 0.5–0.9 of its χ against its ring: from 0.10 ppm, a deposit of demo seed 3 kept 0.05, fainter
+#: than the texture spots the model then found; from 0.20 the faintest keeps 0.10 (4 σ).
+IRON_CHI_PPM = (0.20, 0.35)
+#: χ a calcification takes away (ppm; it adds −χ), by the same rule: from 0.10, the faintest of
+#: report seed 1 (docs/qsm.md §6) kept −0.02 ppm against their ring in the pallidum, within the
+#: texture's σ, so there was no sign to recover; from 0.20 they keep −0.07 or below.
+CALC_CHI_PPM = (0.20, 0.50)
 
 
 def rotation(angles_deg) -> np.ndarray:
@@ -265,7 +275,7 @@ def _draw_lesions(rng, cfg, hm, p: Participant):
                 sides.append((mirror, shape2))
         for c, (axes, radii, blobs, extent) in sides:
             centre = p.from_mni(c)[0]
-            add("iron", c, extent, chi=float(rng.uniform(0.10, 0.25)),
+            add("iron", c, extent, chi=float(rng.uniform(*IRON_CHI_PPM)),
                 r2s=float(rng.uniform(20, 40)), m0=0.95, t1w=0.95, t2w=0.7, radii=radii,
                 axes=axes, blobs=[(centre + o, r) for o, r in blobs])
             placed += 1
@@ -289,7 +299,7 @@ def _draw_lesions(rng, cfg, hm, p: Participant):
         region = ("pallidum", "basal_ganglia") if rng.random() < 0.5 else "basal_ganglia"
         radii = float(rng.uniform(2.5, 5)) / 2 * rng.uniform(0.85, 1.15, 3)
         mni = _pick(rng, hm, region, taken, 6.0, margin, radii.max(), gap)
-        add("calcification", mni, radii.max(), chi=float(-rng.uniform(0.1, 0.5)),
+        add("calcification", mni, radii.max(), chi=-float(rng.uniform(*CALC_CHI_PPM)),
             r2s=float(rng.uniform(120, 200)), m0=0.35, t1w=0.7, t2w=0.2, radii=radii,
             axes=_random_axes(rng))
 
