@@ -324,7 +324,7 @@ def test_deep_grey_lesions_stand_out_of_the_nucleus_texture():
     sigma = TEXTURE_PPM[A.PALLIDUM]
     cfg = settings()
     seen = {"iron": [], "calcification": []}
-    # demo seed 3's sub-001 and sub-006; report seed 1's participants 4 and 8 (0-based)
+    # demo seed 3's sub-001 and sub-006; report seed 1's participants 5 and 9 (indices 4, 8)
     for seed, i in ((3, 0), (3, 5), (1, 4), (1, 8)):
         t = simulate(cfg, seed, i)["truth"]
         labelled = t["lesions"] > 0
