@@ -156,22 +156,29 @@ def _differs(a: Path, b: Path) -> str | None:
     return None if a.read_bytes() == b.read_bytes() else "bytes differ"
 
 
+def output_files(root: Path) -> set[str]:
+    """The files of an output folder (paths relative to it), the jobs' logs and benchmarks left out."""
+    return {f for f in (str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink())
+            if not f.startswith(SKIPPED_DIRS)}
+
+
+def compared(f: str) -> bool:
+    """Whether an output file's content is compared (not the timing tables, not the figures)."""
+    return f not in SKIPPED and not f.endswith(".png")
+
+
 def compare(ref: Path, run: Path) -> tuple[list[str], int]:
     """The differences of run's output folder from ref's, and how many files were compared."""
-    def files(root):
-        return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink()}
-
-    fa = {f for f in files(ref) if not f.startswith(SKIPPED_DIRS)}
-    fb = {f for f in files(run) if not f.startswith(SKIPPED_DIRS)}
+    fa, fb = output_files(ref), output_files(run)
     diffs = [f"left behind: {f}" for f in sorted(fb) if Path(f).name.startswith(".tmp-")]
     fb = {f for f in fb if not Path(f).name.startswith(".tmp-")}
     diffs += [f"missing: {f}" for f in sorted(fa - fb)] + [f"extra: {f}" for f in sorted(fb - fa)]
-    compared = [f for f in sorted(fa & fb) if f not in SKIPPED and not f.endswith(".png")]
-    for f in compared:
+    same = [f for f in sorted(fa & fb) if compared(f)]
+    for f in same:
         why = _differs(ref / f, run / f)
         if why:
             diffs.append(f"{f}: {why}")
-    return diffs, len(compared)
+    return diffs, len(same)
 
 
 def _running_jobs(log: Path) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from chaos import SKIPPED, SKIPPED_DIRS, _nifti  # noqa: E402
+from chaos import _nifti, compared, output_files  # noqa: E402
 
 
 def _array_bytes(h, a: np.ndarray) -> None:
@@ -51,14 +51,8 @@ def digest(path: Path) -> str:
 
 
 def record(root: Path) -> dict[str, str]:
-    """{relative path: digest} of every compared file under ``root``."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if (p.is_file() and not rel.startswith(SKIPPED_DIRS) and rel not in SKIPPED
-                and not rel.endswith(".png") and not p.name.startswith(".")):
-            out[rel] = digest(p)
-    return out
+    """{relative path: digest} of every file under ``root`` that chaos.py compares."""
+    return {f: digest(root / f) for f in sorted(output_files(root)) if compared(f)}
 
 
 def check(root: Path, listed: dict[str, str]) -> list[str]:
