@@ -35,6 +35,7 @@ def test_census_reproduces_the_truth_table(tiny_sim):
         assert got.probable_calcification == (row.cls == "calcification")
         if row.cls == "cmb":
             assert got.delta_chi_ppm > 0 and got.swi_contrast > 0
+            assert not got.probable_vein, f"true CMB {row.lesion_id}: χ elongation {got.chi_elongation:.2f}"
     # the truth region is the one at the table's centroid: through the true deformation the
     # census finds every one
     assert hits == len(expected)
@@ -52,14 +53,21 @@ def test_hand_built_census():
     chi = np.zeros(labels.shape)
     chi[labels == 1] = 0.5
     chi[10:16, 10:16, 10:16] = -0.2    # diamagnetic "CMB": a probable calcification
+    chi[17:19, 2:18, 17:19] = 0.4      # a vein along j...
+    labels[17:19, 9:11, 17:19] = 1     # ...taken for a CMB where it crosses a slice
     c = lesion_census(labels, np.eye(4), chi=chi)
-    assert list(c.cls) == ["cmb", "cmb", "iron"]
-    assert list(c.n_voxels) == [8, 216, 2]
-    assert list(c.size_group) == ["<5mm", ">=5mm", "<5mm"]
-    assert list(c.probable_calcification) == [False, True, False]
+    assert list(c.cls) == ["cmb", "cmb", "cmb", "iron"]
+    assert list(c.n_voxels) == [8, 216, 8, 2]
+    assert list(c.size_group) == ["<5mm", ">=5mm", "<5mm", "<5mm"]
+    assert list(c.probable_calcification) == [False, True, False, False]
+    assert list(c.probable_vein) == [False, False, True, False]
+    assert list(c.counted_as) == ["cmb", "calcification", "vein", "iron"]
+    assert c.chi_elongation[0] == pytest.approx(1.0) and c.chi_elongation[2] > 5
     assert c.moment_ppm_mm3[0] == pytest.approx(0.5 * 8)
     counts = participant_counts(c)
-    assert counts["cmb_total"] == 1 and counts["probable_calcifications"] == 1
+    assert counts["cmb_total"] == 1 and counts["probable_calcifications"] == 1 and counts["probable_veins"] == 1
+    kept = lesion_census(labels, np.eye(4), chi=chi, exclude_veins=False)
+    assert list(kept.counted_as) == ["cmb", "calcification", "cmb", "iron"]
     assert shell(labels == 2, 1).sum() > 0
 
 

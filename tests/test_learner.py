@@ -169,18 +169,38 @@ def test_a_lesion_extends_from_its_confident_voxel_down_to_half_the_threshold():
     assert not (lab == 2).any()                                  # one voxel < min_size 2
 
 
-def test_qsm_rule_drops_diamagnetic_cmbs_only():
-    lab = np.zeros((10, 20, 20), np.uint8)
-    chi = np.zeros((10, 20, 20))
+def test_qsm_rule_drops_diamagnetic_and_vein_cmbs_only():
+    lab = np.zeros((20, 30, 30), np.uint8)
+    chi = np.zeros((20, 30, 30))
     lab[4:6, 3:5, 3:5] = 1
-    chi[4:6, 3:5, 3:5] = 0.5          # paramagnetic: a microbleed
+    chi[4:6, 3:5, 3:5] = 0.5          # paramagnetic and round: a microbleed
     lab[4:6, 12:14, 12:14] = 1
     chi[4:6, 12:14, 12:14] = -0.3     # diamagnetic: a calcification
+    chi[2:18, 24:26, 24:26] = 0.3     # a vein running through the slices...
+    lab[9:11, 24:26, 24:26] = 1       # ...whose cross-section the model took for a microbleed
     lab[1:3, 15:18, 2:5] = 2
     chi[1:3, 15:18, 2:5] = -0.1       # iron is left alone
-    out = pp.qsm_rule(lab, chi)
+    out = pp.qsm_rule(lab, chi, (1.0, 1.0, 1.0))
     assert (out[4:6, 3:5, 3:5] == 1).all() and not out[4:6, 12:14, 12:14].any()
+    assert not out[9:11, 24:26, 24:26].any()
     assert (out == 2).sum() == (lab == 2).sum()
+
+
+@pytest.mark.parametrize("voxel_size", [(1.0, 1.0, 1.0), (2.0, 1.0, 1.0)])
+def test_elongation_of_a_tube_is_its_length_over_its_width(voxel_size):
+    """A uniform tube of n voxels (along axis 0) by d × d has principal variances
+    s0²(n² − 1)/12 and s1²(d² − 1)/12 for voxel sizes s: elongation is their square-root ratio."""
+    chi = np.zeros((40, 20, 20))
+    n, d = 9, 3
+    chi[10:10 + n, 8:8 + d, 8:8 + d] = 0.4
+    comp = np.zeros(chi.shape, bool)
+    comp[13:15, 8:10, 8:10] = True
+    e = pp.elongation(chi, comp, np.zeros_like(comp), voxel_size)
+    assert e == pytest.approx(voxel_size[0] * np.sqrt((n * n - 1) / (d * d - 1)), rel=1e-9)
+    ball = np.zeros(chi.shape)
+    g = np.indices(chi.shape) - np.array([20, 10, 10])[:, None, None, None]
+    ball[(g ** 2).sum(0) <= 9] = 0.4
+    assert pp.elongation(ball, (g ** 2).sum(0) <= 1, np.zeros_like(comp), (1.0, 1.0, 1.0)) == pytest.approx(1.0)
 
 
 def test_operating_point_selection_maximises_f1():

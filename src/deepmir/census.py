@@ -7,6 +7,8 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from deepmir import regions
+from deepmir.geometry import voxel_sizes
+from deepmir.postprocess import VEIN_MAX_ELONGATION, elongation
 
 CLASSES = {1: "cmb", 2: "iron"}
 SIZE_CUTOFF_MM = 5.0
@@ -14,7 +16,8 @@ STRUCTURE = np.ones((3, 3, 3), bool)   # 26-connectivity
 COLUMNS = ["lesion_id", "cls", "label", "centroid_i", "centroid_j", "centroid_k", "centroid_x_mm",
            "centroid_y_mm", "centroid_z_mm", "n_voxels", "volume_mm3", "diameter_mm", "size_group",
            "confidence", "mean_chi_ppm", "delta_chi_ppm", "moment_ppm_mm3", "swi_contrast",
-           "region_group", "region", "hemisphere", "probable_calcification", "counted_as"]
+           "chi_elongation", "region_group", "region", "hemisphere", "probable_calcification",
+           "probable_vein", "counted_as"]
 
 
 def shell(mask, voxels: int = 2):
@@ -23,7 +26,8 @@ def shell(mask, voxels: int = 2):
 
 
 def lesion_census(labels, affine, *, probs=None, chi=None, swi=None, to_mni=None, atlas=None,
-                  shell_voxels: int = 2, exclude_calcifications: bool = True) -> pd.DataFrame:
+                  shell_voxels: int = 2, exclude_calcifications: bool = True,
+                  exclude_veins: bool = True) -> pd.DataFrame:
     """One row per connected component (26-connectivity) of each class of ``labels``.
 
     probs: class probabilities (C, ...) or (...) of the predicted class — confidence is the
@@ -31,7 +35,10 @@ def lesion_census(labels, affine, *, probs=None, chi=None, swi=None, to_mni=None
     moment Δχ·volume; swi: contrast (shell − lesion)/shell; to_mni: callable mapping world mm
     (N×3) to MNI mm, with ``atlas`` the MNI atlas of :mod:`deepmir.regions`. A lesion labelled
     CMB with Δχ < 0 is flagged ``probable_calcification`` and, when
-    ``exclude_calcifications``, counted as a calcification instead of a CMB."""
+    ``exclude_calcifications``, counted as a calcification instead of a CMB; one on an elongated
+    paramagnetic structure (``chi_elongation``, :func:`deepmir.postprocess.elongation`, above
+    ``VEIN_MAX_ELONGATION``) is flagged ``probable_vein`` and, when ``exclude_veins``, counted
+    as a vein (the evaluation's QSM rule drops both)."""
     labels = np.asarray(labels)
     voxel_volume = float(abs(np.linalg.det(np.asarray(affine)[:3, :3])))
     rows = []
@@ -62,6 +69,9 @@ def lesion_census(labels, affine, *, probs=None, chi=None, swi=None, to_mni=None
                 row["mean_chi_ppm"] = float(c[mask].mean())
                 row["delta_chi_ppm"] = row["mean_chi_ppm"] - background
                 row["moment_ppm_mm3"] = row["delta_chi_ppm"] * volume
+                if cls == "cmb":
+                    row["chi_elongation"] = elongation(chi, comp == sl_index, (labels > 0) & (comp != sl_index),
+                                                       voxel_sizes(affine), shell_voxels=shell_voxels)
             if swi is not None:
                 s = np.asarray(swi, float)[pad]
                 ref = float(s[ring].mean()) if ring.any() else np.nan
@@ -70,8 +80,10 @@ def lesion_census(labels, affine, *, probs=None, chi=None, swi=None, to_mni=None
                 g, r, h = regions.region_of(atlas, to_mni(mm[None]))[0]
                 row.update(region_group=g, region=r, hemisphere=h)
             calc = bool(cls == "cmb" and row.get("delta_chi_ppm", 0.0) < 0)
-            row["probable_calcification"] = calc
-            row["counted_as"] = "calcification" if calc and exclude_calcifications else cls
+            vein = bool(not calc and row.get("chi_elongation", 0.0) > VEIN_MAX_ELONGATION)
+            row["probable_calcification"], row["probable_vein"] = calc, vein
+            row["counted_as"] = ("calcification" if calc and exclude_calcifications else
+                                 "vein" if vein and exclude_veins else cls)
             rows.append(row)
     df = pd.DataFrame(rows, columns=COLUMNS[1:])
     df = df.sort_values(["label", "centroid_k", "centroid_j", "centroid_i"], kind="stable").reset_index(drop=True)
@@ -91,4 +103,5 @@ def participant_counts(census: pd.DataFrame) -> dict:
         for size in ("<5mm", ">=5mm"):
             out[f"{cls}_{size}"] = int((sub.size_group == size).sum())
     out["probable_calcifications"] = int(census.probable_calcification.sum())
+    out["probable_veins"] = int(census.probable_vein.sum()) if "probable_vein" in census else 0
     return out

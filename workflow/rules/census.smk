@@ -184,7 +184,8 @@ if CENSUS_APPLIED:
             qc=report(f"{OUT}/report/census/{{pid}}_lesions.png", caption="../report/census_qc.rst",
                       category="Census", subcategory="{pid}"),
         params:
-            keep="" if CENSUS["exclude_calcifications"] else "--keep-calcifications",
+            keep=("" if CENSUS["exclude_calcifications"] else "--keep-calcifications")
+            + ("" if CENSUS["exclude_veins"] else " --keep-veins"),
             placement=lambda wc, input: f"--mni-coords {shlex.quote(input.mni_coords)}" if "mni_coords" in input.keys() else "",
         log:
             log_path("census", "{pid}"),

@@ -142,7 +142,8 @@ def _qsm_rule_inputs(experiment, pid):
 
 rule evaluate_participant:
     """Lesion-wise metrics of one experiment's prediction for one (held-out) participant; with
-    evaluate.qsm_rule also the CMB rows after the QSM rule (diamagnetic candidates dropped)."""
+    evaluate.qsm_rule also the CMB rows after the QSM rule (calcification and vein candidates
+    dropped)."""
     input:
         unpack(lambda wc: {"pred": _prediction(wc.experiment, wc.pid),
                            "ref": annotation_path(wc.pid), **_mimic_inputs(wc.pid),

@@ -30,6 +30,8 @@ def register(sub):
     p.add_argument("--atlas", default="", help="MNI atlas cache (.npz of `deepmir atlas`)")
     p.add_argument("--keep-calcifications", action="store_true",
                    help="count diamagnetic CMBs as CMBs (default: counted as calcifications)")
+    p.add_argument("--keep-veins", action="store_true",
+                   help="count CMBs on an elongated paramagnetic structure as CMBs (default: counted as veins)")
     p.add_argument("--output", required=True)
     p.set_defaults(func=run_census)
 
@@ -120,7 +122,8 @@ def run_census(args) -> int:
         atlas = anatomy.head_model(args.atlas or None)
     table = census.lesion_census(labels.astype(np.uint8), aff, probs=probs, chi=chi, swi=swi,
                                  to_mni=to_mni, atlas=atlas,
-                                 exclude_calcifications=not args.keep_calcifications)
+                                 exclude_calcifications=not args.keep_calcifications,
+                                 exclude_veins=not args.keep_veins)
     _write_tsv(table, args.output)
     if args.qc:
         from deepmir import montage
@@ -187,7 +190,9 @@ def run_table(args) -> int:
                      f"{q1:g}–{q3:g} | {c.max()} | {table[f'{cls}_lobar'].sum()} | "
                      f"{table[f'{cls}_deep'].sum()} | {table[f'{cls}_infratentorial'].sum()} |")
     lines += ["", f"Probable calcifications (diamagnetic lesions labelled CMB): "
-                  f"{table.probable_calcifications.sum()}", ""]
+                  f"{table.probable_calcifications.sum()}",
+              f"Probable veins (lesions labelled CMB on an elongated paramagnetic structure): "
+              f"{table.probable_veins.sum()}", ""]
     niio.write_text(args.summary, "\n".join(lines))
     return 0
 

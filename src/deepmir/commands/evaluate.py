@@ -62,8 +62,9 @@ def register(subparsers) -> None:
                    help="TSV with columns index, name (vein, calcification, epvs)")
     p.add_argument("--qsm-rule-chi", type=Path, metavar="CHIMAP",
                    help="QSM map (ppm) on the same grid: also write the CMB (and CMB ∪ iron) rows after "
-                        "the QSM rule, which drops predicted CMBs that are diamagnetic against their "
-                        f"surroundings, as experiment '<EXPERIMENT>{QSM_RULE_SUFFIX}'")
+                        "the QSM rule, which drops predicted CMBs that QSM shows to be calcifications "
+                        "(diamagnetic against their surroundings) or veins (on an elongated "
+                        f"paramagnetic structure), as experiment '<EXPERIMENT>{QSM_RULE_SUFFIX}'")
     p.set_defaults(func=run_evaluate)
 
     a = subparsers.add_parser(
@@ -294,7 +295,7 @@ def run_evaluate(args) -> int:
     if chi is not None:
         from deepmir.postprocess import qsm_rule
 
-        ruled = evaluate_volumes(qsm_rule(pred, chi), ref, args.mode, voxel_sizes(ref_aff), args.tol_cmb,
+        ruled = evaluate_volumes(qsm_rule(pred, chi, voxel_sizes(ref_aff)), ref, args.mode, voxel_sizes(ref_aff), args.tol_cmb,
                                  args.tol_iron, args.tol_unit, mimics, table)
         ruled = ruled[ruled["class"].isin(["cmb", "union"])]
         df = pd.concat([df, _rows(ruled, args, args.experiment + QSM_RULE_SUFFIX,
