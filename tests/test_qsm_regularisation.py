@@ -15,6 +15,8 @@ from deepmir.qsm.lambda_rule import gradient_scale, lcurve_lambda
 from deepmir.qsm.weights import (
     edge_ramp,
     effective_noise,
+    inflate_noise,
+    lesion_cores,
     missing_voxels,
     noise_from_magnitude,
     normalised_weight,
@@ -145,6 +147,33 @@ def test_edge_ramp_and_missing_voxels():
     eff[9:12, 9:12, 9:12] *= 100
     assert not missing_voxels(eff, m, (1, 1, 1), 0.15, min_mm3=1e9)[10, 10, 10]
     assert missing_voxels(eff, m, (1, 1, 1), 0.15, min_mm3=27)[10, 10, 10]
+
+
+def test_lesion_cores_are_small_interior_islands_of_inflated_noise():
+    """The noise is inflated by sqrt(relres / median) where the echoes misfit, except in small
+    islands inside the mask whose inflated noise stands out of its neighbourhood (a lesion's
+    fast decay), grown by a voxel; a misfitting rim at the edge or a large region stays
+    inflated."""
+    m = np.zeros((24, 24, 24), bool)
+    m[2:22, 2:22, 2:22] = True
+    noise = np.where(m, 1.0, 0.0).astype(np.float32)
+    relres = np.where(m, 1.0, 0.0)
+    relres[10:12, 10:12, 10:12] = 100.0             # a 2³ lesion core: noise × 10 when inflated
+    relres[2, 4:8, 4:8] = 100.0                     # a misfitting patch on the outermost layer
+    relres[14:21, 3:10, 14:21] = 100.0              # a large interior region (343 mm³)
+    core = lesion_cores(np.sqrt(np.maximum(relres, 1)).astype(np.float32), m, (1, 1, 1), min_mm3=300)
+    expect = np.zeros_like(m)
+    expect[9:13, 9:13, 9:13] = True                 # the core grown by one voxel
+    assert (core == expect).all()
+    inflated = inflate_noise(noise, relres, m)
+    assert inflated[10, 10, 10] == pytest.approx(10.0) and inflated[5, 16, 5] == 1.0
+    assert (lesion_cores(inflated, m, (1, 1, 1), min_mm3=300) == expect).all()
+    # with a large size limit the interior region counts as a core too, the rim never does
+    big = lesion_cores(inflated, m, (1, 1, 1), min_mm3=1e9)
+    assert big[17, 6, 17] and not big[2, 5, 5]
+    # anisotropic voxels: the window is in mm (7.5 mm: 5 × 1.5 mm, 3 × 2.5 mm)
+    assert lesion_cores(np.sqrt(np.maximum(relres, 1)).astype(np.float32), m, (1.5, 1.5, 2.5),
+                        min_mm3=300)[10, 10, 10]
 
 
 def test_noise_from_magnitude_is_inverse_signal():

@@ -22,7 +22,7 @@ from .fit import fit_multi_echo, r2star_map
 from .inversion import erode_mask, extract_csf_mask, medi_l1, ppm_to_rad, tkd
 from .lambda_rule import lcurve_lambda
 from .unwrap import unwrap_laplacian, unwrap_region_growing, unwrap_weighted
-from .weights import effective_noise, missing_voxels
+from .weights import effective_noise, inflate_noise, lesion_cores, missing_voxels
 
 from deepmir.qsm.defaults import DEFAULTS  # noqa: E402  (torch-free, for the CLI)
 from deepmir.device import pick_device
@@ -43,19 +43,6 @@ def field_ppm_from_phase_rate(phase_per_dt, delta_te: float, b0_tesla: float,
     """field [ppm] = PhaseSign · Δφ / (2π · γ̄ · B0 · ΔTE) · 1e6."""
     return (float(phase_sign) * np.asarray(phase_per_dt, np.float32)
             / (2.0 * np.pi * hz_per_ppm(b0_tesla) * float(delta_te))).astype(np.float32)
-
-
-def inflate_noise(noise_std, relres, mask) -> np.ndarray:
-    """Model-error weighting (an addition to MEDI's ``Fit_ppm_complex``, which propagates
-    only the noise): N_std × sqrt(max(1, relres / median relres in the mask)). Voxels whose
-    echoes do not follow one frequency (intra-voxel dephasing at the brain edge, next to
-    air or bone) then count little in PDF and MEDI, like MEDI's ``merit`` does afterwards."""
-    m = np.asarray(mask) != 0
-    rr = np.asarray(relres, np.float64)
-    ref = np.median(rr[m]) if m.any() else 0.0
-    if not ref > 0:
-        return np.asarray(noise_std, np.float32)
-    return (noise_std * np.sqrt(np.maximum(rr / ref, 1.0))).astype(np.float32)
 
 
 def _setup(params, device, mask, what):
@@ -170,10 +157,14 @@ def reconstruct(mag, phase, te, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0),
     timings["field_fit"] = time.perf_counter() - t
     info["fit_iterations"] = fit["iterations"]
 
-    # the field's noise (ppm), the map PDF and the inversion weight by
-    noise = (fit["noise_std"] / (2 * np.pi * hz_per_ppm(b0_tesla))).astype(np.float32)
+    # the field's noise (ppm): with residual weighting, inflated where the echoes misfit (what
+    # the weighted unwrapping trusts) and, for PDF and the inversion, not in lesion cores
+    noise = phase_noise = (fit["noise_std"] / (2 * np.pi * hz_per_ppm(b0_tesla))).astype(np.float32)
     if p["residual_weighting"]:
-        noise = inflate_noise(noise, fit["relres"], m)
+        phase_noise = inflate_noise(noise, fit["relres"], m)
+        cores = lesion_cores(phase_noise, m, voxel_size, float(p["missing_min_mm3"]))
+        noise = np.where(cores, noise, phase_noise)
+        info["lesion_core_voxels"] = int(cores.sum())
 
     t = time.perf_counter()
     wrapped = fit["field"] * dt  # rad per ΔTE, in (−π, π]
@@ -183,7 +174,7 @@ def reconstruct(mag, phase, te, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0),
     elif p["unwrap"] == "laplacian_weighted":
         # least squares on the links between voxels whose phase is not noise (a calcification's
         # or a vein's random differences would bend the Laplacian's solution around them)
-        reliable = m & (noise * (2 * np.pi * hz_per_ppm(b0_tesla) * dt) <= RELIABLE_PHASE_NOISE_RAD)
+        reliable = m & (phase_noise * (2 * np.pi * hz_per_ppm(b0_tesla) * dt) <= RELIABLE_PHASE_NOISE_RAD)
         unwrapped, uw = unwrap_weighted(wrapped, voxel_size, reliable if reliable.any() else m,
                                         magnitude=imag, device=dev)
         info.update(unwrap_left_out=int(m.sum() - reliable.sum()), unwrap_cg=uw["iterations"])
