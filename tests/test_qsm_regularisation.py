@@ -150,10 +150,10 @@ def test_edge_ramp_and_missing_voxels():
 
 
 def test_lesion_cores_are_small_interior_islands_of_inflated_noise():
-    """The noise is inflated by sqrt(relres / median) where the echoes misfit, except in small
-    islands inside the mask whose inflated noise stands out of its neighbourhood (a lesion's
-    fast decay), grown by a voxel; a misfitting rim at the edge or a large region stays
-    inflated."""
+    """The noise is inflated by sqrt(relres / median) where the echoes misfit; lesion cores are
+    the small islands inside the mask whose inflated noise stands out of its neighbourhood (a
+    lesion's fast decay), grown by a voxel; a misfitting patch on the edge or a large region
+    is none (the pipeline keeps their inflated noise)."""
     m = np.zeros((24, 24, 24), bool)
     m[2:22, 2:22, 2:22] = True
     noise = np.where(m, 1.0, 0.0).astype(np.float32)
@@ -171,7 +171,8 @@ def test_lesion_cores_are_small_interior_islands_of_inflated_noise():
     # with a large size limit the interior region counts as a core too, the rim never does
     big = lesion_cores(inflated, m, (1, 1, 1), min_mm3=1e9)
     assert big[17, 6, 17] and not big[2, 5, 5]
-    # anisotropic voxels: the window is in mm (7.5 mm: 5 × 1.5 mm, 3 × 2.5 mm)
+    # anisotropic voxels: the window is in mm (half-width round(7.5 / 2 / voxel size): 2 voxels
+    # at 1.5 and at 2.5 mm, Python rounding halves to even)
     assert lesion_cores(np.sqrt(np.maximum(relres, 1)).astype(np.float32), m, (1.5, 1.5, 2.5),
                         min_mm3=300)[10, 10, 10]
 

@@ -295,7 +295,8 @@ def run_evaluate(args) -> int:
     if chi is not None:
         from deepmir.postprocess import qsm_rule
 
-        ruled = evaluate_volumes(qsm_rule(pred, chi, voxel_sizes(ref_aff)), ref, args.mode, voxel_sizes(ref_aff), args.tol_cmb,
+        vs = voxel_sizes(ref_aff)
+        ruled = evaluate_volumes(qsm_rule(pred, chi, vs), ref, args.mode, vs, args.tol_cmb,
                                  args.tol_iron, args.tol_unit, mimics, table)
         ruled = ruled[ruled["class"].isin(["cmb", "union"])]
         df = pd.concat([df, _rows(ruled, args, args.experiment + QSM_RULE_SUFFIX,

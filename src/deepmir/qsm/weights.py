@@ -115,8 +115,9 @@ def inflate_noise(noise_std, relres, mask) -> np.ndarray:
 
 def lesion_cores(noise_std, mask, voxel_size, min_mm3: float) -> np.ndarray:
     """Voxels of ``mask`` whose noise exceeds ``CORE_NOISE_FACTOR`` × its median over a cube
-    of about ``CORE_WINDOW_MM`` (at least 3 voxels a side), in 26-connected regions that
-    neither touch the mask's outermost layer nor hold ``min_mm3`` mm³, grown by one voxel."""
+    of about ``CORE_WINDOW_MM`` (half-width round(CORE_WINDOW_MM / 2 / voxel size), at least
+    one voxel), in 26-connected regions that neither touch the mask's outermost layer nor
+    hold ``min_mm3`` mm³, grown by one voxel."""
     m = np.asarray(mask) != 0
     n = np.asarray(noise_std, np.float32)
     if not m.any():
@@ -132,8 +133,8 @@ def missing_voxels(noise_std, mask, voxel_size, threshold: float, min_mm3: float
     """The voxels of ``mask`` without usable data: normalised weight below ``threshold``, in
     a connected region (26-neighbourhood) that touches the outermost layer of the mask or
     holds at least ``min_mm3`` mm³ (the field next to a sinus). Small low-weight islands
-    inside the brain are lesion cores (a microbleed's or a calcification's fast decay): their
-    weight stays low but their contrast is kept."""
+    inside the brain are lesion cores (a microbleed's or a calcification's fast decay), not
+    missing: their data are kept (and their noise not inflated, :func:`lesion_cores`)."""
     m = np.asarray(mask) != 0
     low = m & (normalised_weight(noise_std, m) < float(threshold))
     return _edge_or_large(low, m, voxel_size, min_mm3) if low.any() else low
