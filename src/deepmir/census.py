@@ -8,7 +8,7 @@ from scipy import ndimage as ndi
 
 from deepmir import regions
 from deepmir.geometry import voxel_sizes
-from deepmir.postprocess import VEIN_MAX_ELONGATION, elongation
+from deepmir.postprocess import elongation, qsm_mimic
 
 CLASSES = {1: "cmb", 2: "iron"}
 SIZE_CUTOFF_MM = 5.0
@@ -79,8 +79,9 @@ def lesion_census(labels, affine, *, probs=None, chi=None, swi=None, to_mni=None
             if to_mni is not None and atlas is not None:
                 g, r, h = regions.region_of(atlas, to_mni(mm[None]))[0]
                 row.update(region_group=g, region=r, hemisphere=h)
-            calc = bool(cls == "cmb" and row.get("delta_chi_ppm", 0.0) < 0)
-            vein = bool(not calc and row.get("chi_elongation", 0.0) > VEIN_MAX_ELONGATION)
+            kind = (qsm_mimic(row.get("delta_chi_ppm", 0.0), row.get("chi_elongation", 1.0))
+                    if cls == "cmb" else None)
+            calc, vein = kind == "calcification", kind == "vein"
             row["probable_calcification"], row["probable_vein"] = calc, vein
             row["counted_as"] = ("calcification" if calc and exclude_calcifications else
                                  "vein" if vein and exclude_veins else cls)

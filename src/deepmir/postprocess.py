@@ -142,12 +142,14 @@ def elongation(chi, component: np.ndarray, labelled: np.ndarray, voxel_size,
     return float(np.sqrt(var[0] / max(var[1], 1e-12 * var[0], 1e-30)))
 
 
-def qsm_mimic(chi, component: np.ndarray, labelled: np.ndarray, voxel_size, shell_voxels: int = 2):
-    """What QSM says a CMB candidate is instead: "calcification" (Δχ < 0), "vein" (elongation
-    above ``VEIN_MAX_ELONGATION``) or None (a microbleed as far as QSM can tell)."""
-    if delta_chi(chi, component, labelled, shell_voxels) < 0:
+def qsm_mimic(delta_chi_ppm: float, chi_elongation: float):
+    """What QSM says a CMB candidate is instead, from its :func:`delta_chi` and
+    :func:`elongation`: "calcification" (Δχ < 0), "vein" (elongation above
+    ``VEIN_MAX_ELONGATION``) or None (a microbleed as far as QSM can tell). The QSM rule and
+    the census decide with this one function."""
+    if delta_chi_ppm < 0:
         return "calcification"
-    if elongation(chi, component, labelled, voxel_size, shell_voxels=shell_voxels) > VEIN_MAX_ELONGATION:
+    if chi_elongation > VEIN_MAX_ELONGATION:
         return "vein"
     return None
 
@@ -159,7 +161,9 @@ def qsm_rule(labels: np.ndarray, chi: np.ndarray, voxel_size, shell_voxels: int 
     labelled = out > 0
     for i in range(1, n + 1):
         comp = lab == i
-        if qsm_mimic(chi, comp, labelled & ~comp, voxel_size, shell_voxels) is not None:
+        others = labelled & ~comp
+        if qsm_mimic(delta_chi(chi, comp, others, shell_voxels),
+                     elongation(chi, comp, others, voxel_size, shell_voxels=shell_voxels)) is not None:
             out[comp] = 0
     return out
 
