@@ -10,8 +10,8 @@ import torch
 from deepmir import postprocess as pp
 from deepmir.evaluate import participant_metrics
 from deepmir.learner import LearnerConfig, dice_ce_loss, lr_at, train_patches, volume_probs
-from deepmir.patches import (PatchSampler, SamplerConfig, context_slices, crop, false_positive_centres,
-                             find_lesions, lesion_weights)
+from deepmir.patches import (BLUR_SIGMA, BRIGHTNESS, PatchSampler, SamplerConfig, context_slices, crop,
+                             false_positive_centres, find_lesions, intensity_augment, lesion_weights)
 
 S, H = 8, 48
 
@@ -91,6 +91,28 @@ def test_sampler_oversamples_lesions_balanced_between_classes():
     s.add_hard(0, np.array([[1, 10, 10], [2, 20, 20]]), capacity=1)
     assert s.hard == [(0, 2, 20, 20)]
     assert all(c == (0, 2, 20, 20) for c in s.centres(rng, 8, hard_on=True)[4:6])
+
+
+def test_intensity_augmentation_varies_each_modality_alike_on_its_context_slices():
+    """A one-voxel spike in both modalities of a 3-slice, 2-modality patch: a blur lowers it by
+    the factor a discrete Gaussian of σ in BLUR_SIGMA gives (1/(2πσ²) ≤ peak ≤ that of σ 0.5),
+    equally on the three context slices of a modality; a brightness factor scales a modality
+    within BRIGHTNESS; probabilities 0 leave the patch untouched."""
+    xb = np.zeros((6, 15, 15), np.float32)
+    xb[:, 7, 7] = 1.0                                        # channels: (slice, modality) pairs
+    assert np.array_equal(intensity_augment(xb, 2, np.random.default_rng(0), 0.0, 0.0), xb)
+    for seed in range(5):
+        out = intensity_augment(xb, 2, np.random.default_rng(seed), 1.0, 0.0)
+        assert xb[:, 7, 7].tolist() == [1.0] * 6            # the input is not changed in place
+        for m in range(2):
+            peaks = out[m::2, 7, 7]
+            assert np.ptp(peaks) == 0
+            assert 1 / (2 * np.pi * BLUR_SIGMA[1] ** 2) <= peaks[0] <= 0.65
+            assert out[m::2].sum((1, 2)) == pytest.approx([1.0] * 3, abs=1e-5)   # blur keeps the mass
+        scaled = intensity_augment(xb + 1, 2, np.random.default_rng(seed), 0.0, 1.0)
+        for m in range(2):
+            f = scaled[m::2] / (xb[m::2] + 1)
+            assert np.ptp(f) < 1e-6 and BRIGHTNESS[0] <= f.flat[0] <= BRIGHTNESS[1]
 
 
 def test_lesion_weights_give_every_lesion_the_same_total_weight():
@@ -214,6 +236,15 @@ def test_operating_point_selection_maximises_f1():
                                          min_sizes=(1, 2))
     assert op[1]["threshold"] == 0.6 and op[1]["min_size"] == 1 and op[1]["f1"] == 1.0
     assert len(rows) == 6 and {r["f1"] for r in rows if r["threshold"] == 0.5 and r["min_size"] == 1} == {0.8}
+    # ties: the middle threshold, the smallest minimum size (three 3-voxel lesions, nothing else)
+    ref[:] = 0
+    probs[:] = 0
+    for c in (5, 15, 25):
+        ref[3, c, 4:7] = 1
+        probs[0, 3, c, 4:7] = 0.95
+    op, _ = pp.select_operating_point([probs], [ref], "cmb", {"cmb": 3.0}, thresholds=(0.5, 0.6, 0.7),
+                                      min_sizes=(1, 2, 3))
+    assert (op[1]["threshold"], op[1]["min_size"], op[1]["f1"]) == (0.6, 1, 1.0)
 
 
 def _f1(model, cfg, vol):

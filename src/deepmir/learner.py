@@ -64,6 +64,8 @@ class LearnerConfig:
     fg_fraction: float = 0.5
     hard_fraction: float = 0.25
     hard_start: float = 0.3
+    blur_prob: float = 0.5
+    scale_prob: float = 0.3
     mine_every: int = 50
     mine_slices: int = 16
     pool_size: int = 512
@@ -86,7 +88,8 @@ class LearnerConfig:
         bad = [k for k in positive if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1)]
         bad += [k for k in ("lr", "weight_decay", "dice_weight", "fg_weight", "warmup", "context")
                 if not getattr(self, k) >= 0 or (k == "lr" and not self.lr > 0)]
-        bad += [k for k in ("fg_fraction", "hard_fraction", "hard_start") if not 0 <= getattr(self, k) <= 1]
+        bad += [k for k in ("fg_fraction", "hard_fraction", "hard_start", "blur_prob", "scale_prob")
+                if not 0 <= getattr(self, k) <= 1]
         if self.fg_fraction + self.hard_fraction > 1:
             bad.append("fg_fraction + hard_fraction")
         if self.depth < 2 or not self.thresholds or not all(0 < t < 1 for t in self.thresholds):
@@ -116,7 +119,8 @@ class LearnerConfig:
 
     @property
     def sampler(self) -> SamplerConfig:
-        return SamplerConfig(self.patch_size, self.context, self.fg_fraction, self.hard_fraction)
+        return SamplerConfig(self.patch_size, self.context, self.fg_fraction, self.hard_fraction,
+                             self.blur_prob, self.scale_prob)
 
     @property
     def model(self) -> dict:
