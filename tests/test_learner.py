@@ -9,7 +9,7 @@ import torch
 
 from deepmir import postprocess as pp
 from deepmir.evaluate import participant_metrics
-from deepmir.learner import LearnerConfig, dice_ce_loss, lr_at, train_patches, volume_probs
+from deepmir.learner import LearnerConfig, dice_ce_loss, lr_at, min_size_caps, train_patches, volume_probs
 from deepmir.patches import (BLUR_SIGMA, BRIGHTNESS, PatchSampler, SamplerConfig, context_slices, crop,
                              false_positive_centres, find_lesions, intensity_augment, lesion_weights)
 
@@ -245,6 +245,21 @@ def test_operating_point_selection_maximises_f1():
     op, _ = pp.select_operating_point([probs], [ref], "cmb", {"cmb": 3.0}, thresholds=(0.5, 0.6, 0.7),
                                       min_sizes=(1, 2, 3))
     assert (op[1]["threshold"], op[1]["min_size"], op[1]["f1"]) == (0.6, 1, 1.0)
+    # two one-voxel false positives make min size 2 the best, unless the training labels hold a
+    # one-voxel lesion: then no size above 1 is tried (and the one-voxel lesion is kept)
+    ref[3, 5, 4:6] = 0                                   # one lesion of 1 voxel, found at 0.95
+    probs[0, 3, 5, 4:6] = 0
+    probs[0, 5, 20, 20] = probs[0, 0, 10, 20] = 0.95
+    sel = lambda caps: pp.select_operating_point([probs], [ref], "cmb", {"cmb": 3.0}, thresholds=(0.5,),
+                                                 min_sizes=(1, 2, 3), size_caps=caps)[0][1]
+    assert (sel(None)["min_size"], sel(None)["fn"], sel(None)["fp"]) == (2, 1, 0)
+    assert (sel({1: 1})["min_size"], sel({1: 1})["fn"], sel({1: 1})["fp"]) == (1, 0, 2)
+    y = np.zeros((4, 9, 9), np.uint8)
+    y[0, 1:3, 1] = 1                                     # CMBs of 2 and 4 voxels, iron of 6
+    y[2, 4:6, 4:6] = 1
+    y[1:3, 6:9, 7] = 2
+    assert min_size_caps(find_lesions([y]), "multiclass") == {1: 2, 2: 6}
+    assert min_size_caps(find_lesions([y]), "union") == {1: 2}
 
 
 def _f1(model, cfg, vol):

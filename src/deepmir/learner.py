@@ -10,7 +10,8 @@ lesion-wise F1 (nnU-Net's training ideas, sized for a CPU workstation).
   (``lr · (1 − i/N)^0.9``, nnU-Net's schedule) to 0 at ``iterations``.
 - Every ``val_every`` iterations (and at the end) the validation participants are predicted
   on full slices and :func:`deepmir.postprocess.select_operating_point` finds the threshold
-  and minimum size per class with the best lesion-wise F1; the iteration with the best mean
+  and minimum size per class with the best lesion-wise F1, minimum sizes no larger than the
+  class's smallest training lesion (:func:`min_size_caps`); the iteration with the best mean
   F1 over classes is kept (``best.pt``, ties to the later one) with its operating point.
 
 Deterministic and restartable: the batch of iteration ``i`` is drawn from
@@ -43,11 +44,13 @@ from deepmir.patches import PatchSampler, SamplerConfig, false_positive_centres
 from deepmir.predict import predict_brain_probs, predict_probs
 from deepmir.train import _cpu_state, _digest, _save, amp_settings, build_model, set_prior_bias
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 PRIOR_FLOOR = 0.01   # the head starts every lesion class at ≥ 1 % (see train.set_prior_bias)
 LOG_COLUMNS = ("iteration", "loss", "lr", "val_f1", "seconds")
 #: dseg labels whose lesions are oversampled, per label mode
 SAMPLED_LABELS = {"cmb": (1,), "iron": (2,), "union": (1, 2), "multiclass": (1, 2)}
+#: dseg labels of each evaluation class
+DSEG_LABELS = {"cmb": (1,), "iron": (2,), "union": (1, 2)}
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ class LearnerConfig:
     hard_fraction: float = 0.25
     hard_start: float = 0.3
     blur_prob: float = 0.5
-    scale_prob: float = 0.3
+    scale_prob: float = 0.0
     mine_every: int = 50
     mine_slices: int = 16
     pool_size: int = 512
@@ -183,6 +186,16 @@ def lr_at(cfg: LearnerConfig, it: int) -> float:
     return cfg.lr * warm * (1 - it / cfg.iterations) ** 0.9
 
 
+def min_size_caps(lesions, mode: str) -> dict:
+    """{predicted label: the size in voxels of the smallest training lesion of its class} (from
+    :func:`deepmir.patches.find_lesions`). The operating point's minimum size is chosen no larger:
+    the size filter is there for small false positives, and one that drops lesions as small as
+    those the raters labelled would be learnt from the validation participants' few lesions
+    against the labels of all the training participants."""
+    return {lab: min((len(les.voxels) for les in lesions if les.cls in DSEG_LABELS[cls]), default=1)
+            for lab, cls in pp.MODE_CLASS_OF_LABEL[mode].items()}
+
+
 def data_digest(volumes) -> str:
     """SHA-1 over every volume's image, label and brain arrays (what a checkpoint was made from)."""
     return _digest(*[v[k] for v in volumes for k in ("x", "y", "brain")])
@@ -267,6 +280,7 @@ def train_patches(train_vols: list[dict], val_vols: list[dict], mode: str, cfg: 
     sampler = PatchSampler(train_vols, cfg.sampler, SAMPLED_LABELS[mode])
     if not sampler.lesions:
         raise ValueError(f"the training volumes hold no '{mode}' lesion to learn from")
+    size_caps = min_size_caps(sampler.lesions, mode)
     model = build_model(n_classes, in_ch, cfg.model, seed)
     _, y0, _ = sampler.batch(np.random.default_rng([int(seed), 5]), 4 * cfg.batch_size)
     set_prior_bias(model, map_labels(y0, mode), floor=PRIOR_FLOOR)
@@ -310,7 +324,8 @@ def train_patches(train_vols: list[dict], val_vols: list[dict], mode: str, cfg: 
                "info": {**info, "operating_point": state["best_op"]}}, out / "best.pt")
         niio.write_json(out / "selection.json", {
             "best_iteration": state["best_iteration"], "mean_f1": state["best_score"],
-            "operating_point": _op_json(state["best_op"]), "tolerances": tolerances, "unit": unit,
+            "operating_point": _op_json(state["best_op"]), "min_size_caps": _op_json(size_caps),
+            "tolerances": tolerances, "unit": unit,
             "validation_points": state["val_points"]})
         write_log(out / "log.tsv", state["history"])
         plot_curve(out / "learning_curve.png", state["history"], state["best_iteration"], info.get("title"))
@@ -320,7 +335,7 @@ def train_patches(train_vols: list[dict], val_vols: list[dict], mode: str, cfg: 
         probs = [volume_probs(model, v, cfg, dev) for v in val_vols]
         op, grid = pp.select_operating_point(
             probs, [v["y"] for v in val_vols], mode, tolerances, unit, [v["voxel_size"] for v in val_vols],
-            cfg.thresholds, cfg.min_sizes, cfg.max_cmb_diameter_mm, [v["brain"] for v in val_vols])
+            cfg.thresholds, cfg.min_sizes, cfg.max_cmb_diameter_mm, [v["brain"] for v in val_vols], size_caps)
         model.train()
         score = pp.mean_f1(op)
         state["val_points"].append({"iteration": it, "mean_f1": score, "operating_point": _op_json(op)})

@@ -215,13 +215,14 @@ def _counts(mask, ref_comp: Components, tolerance, unit, voxel_size, min_sizes, 
 
 def select_operating_point(probs_list, refs_list, mode: str, tolerances: dict, unit: str = "vox",
                            voxel_sizes=None, thresholds=DEFAULT_THRESHOLDS, min_sizes=DEFAULT_MIN_SIZES,
-                           max_cmb_diameter_mm: float | None = 10.0, brains=None):
+                           max_cmb_diameter_mm: float | None = 10.0, brains=None, size_caps: dict | None = None):
     """The threshold and minimum size per class maximising lesion-wise F1 over the validation
     volumes, TP/FP/FN pooled over them (the matching rule of :mod:`deepmir.evaluate`).
 
     probs_list: ``[K, ...]`` per volume; refs_list: dseg (0/1/2) per volume; tolerances:
     {class name: tolerance} in ``unit``; voxel_sizes: per volume (for mm and the CMB size
-    bound). Ties: :func:`_plateau_centre`. Returns
+    bound); size_caps: {label: the largest minimum size tried for it} (the smallest candidate is
+    always tried). Ties: :func:`_plateau_centre`. Returns
     ``(op, scores)``: ``op`` {label: {threshold, min_size, f1, tp, fp, fn}} and ``scores``
     rows (label, threshold, min_size, tp, fp, fn, f1) of the whole grid."""
     from deepmir.evaluate import components as ref_components
@@ -233,15 +234,17 @@ def select_operating_point(probs_list, refs_list, mode: str, tolerances: dict, u
         tol = tolerances[cls]
         max_diam = max_cmb_diameter_mm if cls == "cmb" else None
         refs = [ref_components(r, cls, vs) for r, vs in zip(refs_list, voxel_sizes)]
+        cap = (size_caps or {}).get(lab, np.inf)
+        sizes = tuple(m for m in min_sizes if m <= cap) or (min(min_sizes),)
         grid = []
         for t in sorted(thresholds):
-            totals = np.zeros((len(min_sizes), 3), np.int64)
+            totals = np.zeros((len(sizes), 3), np.int64)
             for p, rc, vs, brain in zip(probs_list, refs, voxel_sizes, brains):
                 mask = class_masks(p, mode, {lab2: t for lab2 in MODE_LABELS[mode]})[lab]
                 if brain is not None:
                     mask &= brain
-                totals += np.asarray(_counts(mask, rc, tol, unit, vs, min_sizes, max_diam))
-            for m, (tp, fp, fn) in zip(min_sizes, totals):
+                totals += np.asarray(_counts(mask, rc, tol, unit, vs, sizes, max_diam))
+            for m, (tp, fp, fn) in zip(sizes, totals):
                 grid.append({"label": lab, "class": cls, "threshold": float(t), "min_size": int(m),
                              "tp": int(tp), "fp": int(fp), "fn": int(fn), "f1": float(_f1(tp, fp, fn))})
         rows += grid
