@@ -27,9 +27,9 @@ resumed after a kill sees exactly the same patches:
 - the rest anywhere in the brain.
 Each patch is flipped along either in-plane axis and transposed at random (the dihedral
 group of the square; B0 is along the slice axis, so in-plane, the dipole pattern has no
-preferred direction), and each modality's intensities are varied (:func:`intensity_augment`,
-nnU-Net's blur and brightness transforms). Each patch comes with lesion weights (:func:`lesion_weights`): a
-lesion's voxels share one weight whatever its size.
+preferred direction), and each modality may be blurred (:func:`intensity_augment`, nnU-Net's
+blur and brightness transforms). Each patch comes with lesion weights
+(:func:`lesion_weights`): a lesion's voxels share one weight whatever its size.
 """
 from __future__ import annotations
 
