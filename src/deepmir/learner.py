@@ -40,6 +40,7 @@ from deepmir import postprocess as pp
 from deepmir.dataset import label_mode as map_labels
 from deepmir.dataset import n_classes_for
 from deepmir.device import pick_device
+from deepmir.evaluate import class_labels
 from deepmir.patches import PatchSampler, SamplerConfig, false_positive_centres
 from deepmir.predict import predict_brain_probs, predict_probs
 from deepmir.train import _cpu_state, _digest, _save, amp_settings, build_model, set_prior_bias
@@ -49,8 +50,6 @@ PRIOR_FLOOR = 0.01   # the head starts every lesion class at ≥ 1 % (see train.
 LOG_COLUMNS = ("iteration", "loss", "lr", "val_f1", "seconds")
 #: dseg labels whose lesions are oversampled, per label mode
 SAMPLED_LABELS = {"cmb": (1,), "iron": (2,), "union": (1, 2), "multiclass": (1, 2)}
-#: dseg labels of each evaluation class
-DSEG_LABELS = {"cmb": (1,), "iron": (2,), "union": (1, 2)}
 
 
 @dataclass(frozen=True)
@@ -192,7 +191,7 @@ def min_size_caps(lesions, mode: str) -> dict:
     the size filter is there for small false positives, and one that drops lesions as small as
     those the raters labelled would be learnt from the validation participants' few lesions
     against the labels of all the training participants."""
-    return {lab: min((len(les.voxels) for les in lesions if les.cls in DSEG_LABELS[cls]), default=1)
+    return {lab: min((len(les.voxels) for les in lesions if les.cls in class_labels(cls)), default=1)
             for lab, cls in pp.MODE_CLASS_OF_LABEL[mode].items()}
 
 
