@@ -236,6 +236,13 @@ def test_operating_point_selection_maximises_f1():
                                          min_sizes=(1, 2))
     assert op[1]["threshold"] == 0.6 and op[1]["min_size"] == 1 and op[1]["f1"] == 1.0
     assert len(rows) == 6 and {r["f1"] for r in rows if r["threshold"] == 0.5 and r["min_size"] == 1} == {0.8}
+    # a CMB threshold cap skips the thresholds above it (the lowest is always tried); other
+    # classes keep the whole grid
+    capped = lambda mode, t: pp.select_operating_point([probs], [ref * (1 if mode == "cmb" else 2)], mode,
+                                                       {mode: 3.0}, thresholds=(0.5, 0.6, 0.7), min_sizes=(1, 2),
+                                                       max_cmb_threshold=t)[0]
+    assert capped("cmb", 0.5)[1]["threshold"] == 0.5 and capped("cmb", 0.5)[1]["f1"] == 0.8
+    assert capped("cmb", 0.3)[1]["threshold"] == 0.5 and capped("iron", 0.5)[2]["threshold"] == 0.6
     # ties: the middle threshold, the smallest minimum size (three 3-voxel lesions, nothing else)
     ref[:] = 0
     probs[:] = 0

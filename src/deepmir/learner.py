@@ -11,7 +11,8 @@ lesion-wise F1 (nnU-Net's training ideas, sized for a CPU workstation).
 - Every ``val_every`` iterations (and at the end) the validation participants are predicted
   on full slices and :func:`deepmir.postprocess.select_operating_point` finds the threshold
   and minimum size per class with the best lesion-wise F1, minimum sizes no larger than the
-  class's smallest training lesion (:func:`min_size_caps`); the iteration with the best mean
+  class's smallest training lesion (:func:`min_size_caps`) and CMB thresholds no higher than
+  ``max_cmb_threshold``; the iteration with the best mean
   F1 over classes is kept (``best.pt``, ties to the later one) with its operating point.
 
 Deterministic and restartable: the batch of iteration ``i`` is drawn from
@@ -83,6 +84,7 @@ class LearnerConfig:
     thresholds: tuple = pp.DEFAULT_THRESHOLDS
     min_sizes: tuple = pp.DEFAULT_MIN_SIZES
     max_cmb_diameter_mm: float | None = 10.0
+    max_cmb_threshold: float | None = 0.5
 
     def __post_init__(self):
         positive = ("iterations", "batch_size", "patch_size", "mine_every", "mine_slices", "pool_size",
@@ -98,6 +100,8 @@ class LearnerConfig:
             bad.append("depth" if self.depth < 2 else "thresholds")
         if not self.min_sizes or not all(int(m) >= 1 for m in self.min_sizes):
             bad.append("min_sizes")
+        if self.max_cmb_threshold is not None and not 0 < self.max_cmb_threshold < 1:
+            bad.append("max_cmb_threshold")
         if not bad and self.patch_size % 2 ** (self.depth - 1):
             bad.append(f"patch_size (a multiple of {2 ** (self.depth - 1)} at depth {self.depth})")
         if bad:
@@ -334,7 +338,8 @@ def train_patches(train_vols: list[dict], val_vols: list[dict], mode: str, cfg: 
         probs = [volume_probs(model, v, cfg, dev) for v in val_vols]
         op, grid = pp.select_operating_point(
             probs, [v["y"] for v in val_vols], mode, tolerances, unit, [v["voxel_size"] for v in val_vols],
-            cfg.thresholds, cfg.min_sizes, cfg.max_cmb_diameter_mm, [v["brain"] for v in val_vols], size_caps)
+            cfg.thresholds, cfg.min_sizes, cfg.max_cmb_diameter_mm, [v["brain"] for v in val_vols], size_caps,
+            cfg.max_cmb_threshold)
         model.train()
         score = pp.mean_f1(op)
         state["val_points"].append({"iteration": it, "mean_f1": score, "operating_point": _op_json(op)})

@@ -215,14 +215,16 @@ def _counts(mask, ref_comp: Components, tolerance, unit, voxel_size, min_sizes, 
 
 def select_operating_point(probs_list, refs_list, mode: str, tolerances: dict, unit: str = "vox",
                            voxel_sizes=None, thresholds=DEFAULT_THRESHOLDS, min_sizes=DEFAULT_MIN_SIZES,
-                           max_cmb_diameter_mm: float | None = 10.0, brains=None, size_caps: dict | None = None):
+                           max_cmb_diameter_mm: float | None = 10.0, brains=None, size_caps: dict | None = None,
+                           max_cmb_threshold: float | None = None):
     """The threshold and minimum size per class maximising lesion-wise F1 over the validation
     volumes, TP/FP/FN pooled over them (the matching rule of :mod:`deepmir.evaluate`).
 
     probs_list: ``[K, ...]`` per volume; refs_list: dseg (0/1/2) per volume; tolerances:
     {class name: tolerance} in ``unit``; voxel_sizes: per volume (for mm and the CMB size
     bound); size_caps: {label: the largest minimum size tried for it} (the smallest candidate is
-    always tried). Ties: :func:`_plateau_centre`. Returns
+    always tried); max_cmb_threshold: the highest threshold tried for the CMB class (the lowest
+    candidate is always tried). Ties: :func:`_plateau_centre`. Returns
     ``(op, scores)``: ``op`` {label: {threshold, min_size, f1, tp, fp, fn}} and ``scores``
     rows (label, threshold, min_size, tp, fp, fn, f1) of the whole grid."""
     from deepmir.evaluate import components as ref_components
@@ -236,8 +238,9 @@ def select_operating_point(probs_list, refs_list, mode: str, tolerances: dict, u
         refs = [ref_components(r, cls, vs) for r, vs in zip(refs_list, voxel_sizes)]
         cap = (size_caps or {}).get(lab, np.inf)
         sizes = tuple(m for m in min_sizes if m <= cap) or (min(min_sizes),)
+        t_cap = max_cmb_threshold if cls == "cmb" and max_cmb_threshold is not None else np.inf
         grid = []
-        for t in sorted(thresholds):
+        for t in [t for t in sorted(thresholds) if t <= t_cap] or [min(thresholds)]:
             totals = np.zeros((len(sizes), 3), np.int64)
             for p, rc, vs, brain in zip(probs_list, refs, voxel_sizes, brains):
                 mask = class_masks(p, mode, {lab2: t for lab2 in MODE_LABELS[mode]})[lab]
