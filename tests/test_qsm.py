@@ -499,7 +499,7 @@ def test_a_calcification_whose_echoes_misfit_stays_diamagnetic():
     from deepmir.synth.cohort import simulate
     from deepmir.synth.config import settings
 
-    cfg = settings({"lesions": {"cmb_count_bins": [[5, 10, 1]]}})   # the demo's counts when it was picked
+    cfg = settings()
     d = simulate(cfg, 2, 2)
     t, vs = d["truth"], tuple(voxel_sizes(d["gre_affine"]))
     res = reconstruct(np.stack(d["mag"], -1), np.stack(d["phase"], -1), np.asarray(d["echo_times"]),

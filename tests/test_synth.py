@@ -96,7 +96,7 @@ def test_lesion_counts_follow_the_configured_bins():
     assert np.mean((counts >= 1) & (counts <= 2)) == pytest.approx(w[1], abs=0.03)
     assert np.mean(counts == 120) == pytest.approx(w[3], abs=0.02)
     demo = np.array([_count(rng, settings()["lesions"]["cmb_count_bins"]) for _ in range(400)])
-    assert demo.min() == 10 and demo.max() == 16                             # the demo: 10 to 16 each
+    assert demo.min() == 5 and demo.max() == 10                               # the demo: 5 to 10 each
 
 
 def test_anat_truth_transform_maps_the_brain(tiny_sim):
@@ -322,7 +322,7 @@ def test_deep_grey_lesions_stand_out_of_the_nucleus_texture():
     from deepmir.synth.tissue import TEXTURE_PPM
 
     sigma = TEXTURE_PPM[A.PALLIDUM]
-    cfg = settings({"lesions": {"cmb_count_bins": [[5, 10, 1]]}})   # the demo's counts when they were picked
+    cfg = settings()
     seen = {"iron": [], "calcification": []}
     # demo seed 3's sub-001 and sub-006; report seed 1's participants 5 and 9 (indices 4, 8)
     for seed, i in ((3, 0), (3, 5), (1, 4), (1, 8)):

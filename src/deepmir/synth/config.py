@@ -57,7 +57,7 @@ BASE = {
 
 PRESETS = {
     # the demo is small, so each participant carries several lesions of each kind and their
-    # mimics: a fold of the demo learns from about fifty microbleeds, not from three. Its grid
+    # mimics: a fold of the demo learns from a few dozen microbleeds, not from three. Its grid
     # is coarse (5.1 mm³ voxels, the study's 1.5 mm³): microbleeds drawn at a median 3.4 mm keep
     # the study's size in voxels (mean 6.3 mm³ ≈ 4 voxels, method.md §1) instead of shrinking
     # to 1–2-voxel specks that a rater would not see on SWI either. The lower bound of the
@@ -67,7 +67,7 @@ PRESETS = {
         "lesions": {
             "cmb_median_diameter_mm": 3.4,
             "cmb_diameter_range_mm": [2.6, 10.0],
-            "cmb_count_bins": [[10, 16, 1]],
+            "cmb_count_bins": [[5, 10, 1]],
             "iron_count_bins": [[2, 4, 1]],
             "calcification_count_bins": [[1, 3, 1]],
         },
