@@ -200,8 +200,9 @@ def min_size_caps(lesions, mode: str) -> dict:
 
 
 def data_digest(volumes) -> str:
-    """SHA-1 over every volume's image, label and brain arrays (what a checkpoint was made from)."""
-    return _digest(*[v[k] for v in volumes for k in ("x", "y", "brain")])
+    """SHA-1 over every volume's image, label, brain and iron-region arrays (what a checkpoint
+    was made from)."""
+    return _digest(*[v[k] for v in volumes for k in ("x", "y", "brain", "iron_region") if v.get(k) is not None])
 
 
 def fg_probability(probs: np.ndarray) -> np.ndarray:
@@ -266,7 +267,8 @@ def train_patches(train_vols: list[dict], val_vols: list[dict], mode: str, cfg: 
                   unit: str = "vox", model_info: dict | None = None, progress: bool = True,
                   stop_after: int | None = None, amp: bool | None = None, on_validation=None) -> LearnResult:
     """Train on ``train_vols`` and select on ``val_vols`` (dicts: ``x [S, C, H, W]``,
-    ``y [S, H, W]`` dseg 0/1/2, ``brain [S, H, W]``, ``voxel_size`` in stack axis order).
+    ``y [S, H, W]`` dseg 0/1/2, ``brain [S, H, W]``, ``voxel_size`` in stack axis order, and
+    optionally ``iron_region [S, H, W]``: where an iron lesion may lie, used in selection).
 
     out_dir: ``best.pt`` (model, info with the operating point), ``last.pt`` (resume state),
     ``selection.json``, ``log.tsv``, ``learning_curve.png``; a ``last.pt`` with the same
@@ -339,7 +341,7 @@ def train_patches(train_vols: list[dict], val_vols: list[dict], mode: str, cfg: 
         op, grid = pp.select_operating_point(
             probs, [v["y"] for v in val_vols], mode, tolerances, unit, [v["voxel_size"] for v in val_vols],
             cfg.thresholds, cfg.min_sizes, cfg.max_cmb_diameter_mm, [v["brain"] for v in val_vols], size_caps,
-            cfg.max_cmb_threshold)
+            cfg.max_cmb_threshold, [v.get("iron_region") for v in val_vols])
         model.train()
         score = pp.mean_f1(op)
         state["val_points"].append({"iteration": it, "mean_f1": score, "operating_point": _op_json(op)})

@@ -11,6 +11,11 @@ A prediction becomes lesions in three steps (:func:`lesions_from_probs`):
    voxel), the lower level *how far* it extends. With a single level, an iron deposit the
    model saw with one voxel at 1.0 and its neighbours at 0.5 became a one-voxel component,
    which a minimum size of 2 then removed (demo, seed 1).
+   **Where iron can be.** Given the participant's *iron region* (the basal ganglia and a
+   margin, :func:`deepmir.regions.iron_region`), an iron lesion with no voxel in it is a
+   microbleed (multi-class) or no lesion (iron only): the study's non-hemorrhage iron deposits
+   are basal-ganglia deposits by definition, and CMBs occur anywhere. Outside the basal ganglia
+   the model's iron calls were microbleeds it mistook (thalamus, cerebellum) and veins.
 2. **Components.** 26-connected components of each class (as the evaluation counts them);
    components smaller than the class's ``min_size`` voxels are dropped, and so are CMB
    components larger than ``max_cmb_diameter_mm`` (equivalent-sphere diameter; the study's
@@ -69,16 +74,29 @@ def hysteresis(p: np.ndarray, threshold: float, allowed=None) -> np.ndarray:
     return keep[lab]
 
 
-def class_masks(probs: np.ndarray, mode: str, thresholds: dict) -> dict:
+def class_masks(probs: np.ndarray, mode: str, thresholds: dict, iron_region=None) -> dict:
     """{label: bool mask} (step 1 of the module docstring): ``probs`` is ``[K, ...]`` (K = 1
-    sigmoid, K = 3 softmax bg/CMB/iron); ``thresholds`` {label: threshold}."""
+    sigmoid, K = 3 softmax bg/CMB/iron); ``thresholds`` {label: threshold}; ``iron_region``
+    (bool, or None: anywhere) where an iron lesion may lie."""
     p = np.asarray(probs)
     if p.shape[0] == 1:
         (lab,) = MODE_LABELS[mode]
-        return {lab: hysteresis(p[0], thresholds[lab])}
-    cmb_wins = p[CMB] >= p[IRON]
-    return {CMB: hysteresis(p[CMB], thresholds[CMB], cmb_wins),
-            IRON: hysteresis(p[IRON], thresholds[IRON], ~cmb_wins)}
+        masks = {lab: hysteresis(p[0], thresholds[lab])}
+    else:
+        cmb_wins = p[CMB] >= p[IRON]
+        masks = {CMB: hysteresis(p[CMB], thresholds[CMB], cmb_wins),
+                 IRON: hysteresis(p[IRON], thresholds[IRON], ~cmb_wins)}
+    if iron_region is None or IRON not in masks:
+        return masks
+    lab, n = ndimage.label(masks[IRON], structure=STRUCTURE_26)
+    inside = np.zeros(n + 1, bool)
+    inside[lab[masks[IRON] & np.asarray(iron_region, bool)]] = True
+    inside[0] = True
+    outside = ~inside[lab]
+    masks[IRON] = masks[IRON] & ~outside
+    if CMB in masks:
+        masks[CMB] = masks[CMB] | outside
+    return masks
 
 
 def components(mask: np.ndarray):
@@ -169,11 +187,11 @@ def qsm_rule(labels: np.ndarray, chi: np.ndarray, voxel_size, shell_voxels: int 
 
 
 def lesions_from_probs(probs: np.ndarray, mode: str, op: dict, voxel_size=(1.0, 1.0, 1.0),
-                       max_cmb_diameter_mm: float | None = 10.0, brain=None) -> np.ndarray:
+                       max_cmb_diameter_mm: float | None = 10.0, brain=None, iron_region=None) -> np.ndarray:
     """A dseg (uint8: 0, 1 CMB, 2 iron) from ``probs [K, ...]`` at operating point ``op``
     ({label: {threshold, min_size}}; steps 1–2 of the module docstring). ``brain``: voxels
-    outside it are never lesions."""
-    masks = class_masks(probs, mode, {lab: v["threshold"] for lab, v in op.items()})
+    outside it are never lesions; ``iron_region``: see :func:`class_masks`."""
+    masks = class_masks(probs, mode, {lab: v["threshold"] for lab, v in op.items()}, iron_region)
     out = np.zeros(np.asarray(probs).shape[1:], np.uint8)
     for lab, mask in masks.items():
         if brain is not None:
@@ -216,7 +234,7 @@ def _counts(mask, ref_comp: Components, tolerance, unit, voxel_size, min_sizes, 
 def select_operating_point(probs_list, refs_list, mode: str, tolerances: dict, unit: str = "vox",
                            voxel_sizes=None, thresholds=DEFAULT_THRESHOLDS, min_sizes=DEFAULT_MIN_SIZES,
                            max_cmb_diameter_mm: float | None = 10.0, brains=None, size_caps: dict | None = None,
-                           max_cmb_threshold: float | None = None):
+                           max_cmb_threshold: float | None = None, iron_regions=None):
     """The threshold and minimum size per class maximising lesion-wise F1 over the validation
     volumes, TP/FP/FN pooled over them (the matching rule of :mod:`deepmir.evaluate`).
 
@@ -224,13 +242,15 @@ def select_operating_point(probs_list, refs_list, mode: str, tolerances: dict, u
     {class name: tolerance} in ``unit``; voxel_sizes: per volume (for mm and the CMB size
     bound); size_caps: {label: the largest minimum size tried for it} (the smallest candidate is
     always tried); max_cmb_threshold: the highest threshold tried for the CMB class (the lowest
-    candidate is always tried). Ties: :func:`_plateau_centre`. Returns
+    candidate is always tried); iron_regions: per volume, where iron may lie (:func:`class_masks`;
+    None: anywhere). Ties: :func:`_plateau_centre`. Returns
     ``(op, scores)``: ``op`` {label: {threshold, min_size, f1, tp, fp, fn}} and ``scores``
     rows (label, threshold, min_size, tp, fp, fn, f1) of the whole grid."""
     from deepmir.evaluate import components as ref_components
 
     voxel_sizes = voxel_sizes or [(1.0, 1.0, 1.0)] * len(probs_list)
     brains = brains or [None] * len(probs_list)
+    iron_regions = iron_regions or [None] * len(probs_list)
     rows, op = [], {}
     for lab, cls in MODE_CLASS_OF_LABEL[mode].items():
         tol = tolerances[cls]
@@ -242,8 +262,8 @@ def select_operating_point(probs_list, refs_list, mode: str, tolerances: dict, u
         grid = []
         for t in [t for t in sorted(thresholds) if t <= t_cap] or [min(thresholds)]:
             totals = np.zeros((len(sizes), 3), np.int64)
-            for p, rc, vs, brain in zip(probs_list, refs, voxel_sizes, brains):
-                mask = class_masks(p, mode, {lab2: t for lab2 in MODE_LABELS[mode]})[lab]
+            for p, rc, vs, brain, region in zip(probs_list, refs, voxel_sizes, brains, iron_regions):
+                mask = class_masks(p, mode, {lab2: t for lab2 in MODE_LABELS[mode]}, region)[lab]
                 if brain is not None:
                     mask &= brain
                 totals += np.asarray(_counts(mask, rc, tol, unit, vs, sizes, max_diam))

@@ -45,6 +45,20 @@ _SIZES = [LEARN["slice_size"]] + ([APPLIED_CARD["slice_size"]] if APPLIED_CARD e
 STACK_SETTINGS = {"slice_size": "auto" if None in _SIZES else max(int(v) for v in _SIZES),
                   "multiple": max(32, 2 ** (LEARN["model"]["depth"] - 1)),
                   "qsm_clip_sigma": (APPLIED_CARD or LEARN)["qsm_clip_sigma"]}
+# where an iron deposit may lie (the patch learner's iron lesions outside it become microbleeds):
+# the applied model's learn.iron_region_margin_mm, else this config's; null: anywhere. Placed by
+# the brain mask's MNI affine, so only participants with a T1w-based mask get one.
+_REGION_LEARN = APPLIED_CARD.get("learn", {}) if APPLIED_CARD else LEARN
+IRON_REGION_MM = (_REGION_LEARN.get("iron_region_margin_mm")
+                  if _REGION_LEARN.get("learner", "patch") == "patch" else None)
+
+
+def iron_region_path(pid):
+    return out("stacks", pid, "space-MEGRE_desc-ironregion_mask.nii.gz")
+
+
+def _iron_region_input(pid):
+    return {"iron_region": iron_region_path(pid)} if IRON_REGION_MM is not None and _anat_mask_uses_t1w(pid) else {}
 
 
 def _channel_path(pid, channel):
@@ -139,6 +153,27 @@ PREDICT_SHELL = ("deepmir predict --model {input.model:q} --stack {input.stack:q
 
 if LEARN_EXPERIMENTS or APPLIED_CARD:
 
+    if IRON_REGION_MM is not None:
+
+        rule iron_region:
+            """Where an iron deposit may lie: the brain within learn.iron_region_margin_mm of the
+            atlas's basal ganglia (caudate, putamen, pallidum), placed by the brain mask's MNI affine."""
+            input:
+                mask=out("anat", "{pid}", "space-MEGRE_desc-brain_mask.nii.gz"),
+                mask_json=out("anat", "{pid}", "space-MEGRE_desc-brain_mask.json"),
+                atlas=rules.atlas.output[0],
+            output:
+                iron_region_path("{pid}"),
+            params:
+                margin=IRON_REGION_MM,
+            log:
+                log_path("iron_region", "{pid}"),
+            benchmark:
+                bench_path("iron_region", "{pid}")
+            shell:
+                "deepmir iron-region --mask {input.mask:q} --mask-json {input.mask_json:q} "
+                "--atlas {input.atlas:q} --margin-mm {params.margin} --output {output:q} > {log:q} 2>&1"
+
     rule stack:
         """A participant's training/prediction stack: each channel z-scored in the brain (QSM
         clipped to ±k·σ first), axial slices padded to slice_size² (or the participant's own
@@ -148,6 +183,7 @@ if LEARN_EXPERIMENTS or APPLIED_CARD:
                 **{c: _channel_path(wc.pid, c) for c in _stack_channels(wc.pid)},
                 "mask": out("anat", wc.pid, "space-MEGRE_desc-brain_mask.nii.gz"),
                 **({"dseg": annotation_path(wc.pid)} if annotation_path(wc.pid) else {}),
+                **_iron_region_input(wc.pid),
             }),
         output:
             stack_path("{pid}"),
@@ -155,6 +191,8 @@ if LEARN_EXPERIMENTS or APPLIED_CARD:
             channels=lambda wc, input: " ".join(f"--channel {shlex.quote(f'{c}={input[c]}')}"
                                                 for c in _stack_channels(wc.pid)),
             dseg=lambda wc, input: f"--dseg {shlex.quote(input.dseg)}" if "dseg" in input.keys() else "",
+            region=lambda wc, input: (f"--iron-region {shlex.quote(input.iron_region)}"
+                                      if "iron_region" in input.keys() else ""),
             size=STACK_SETTINGS["slice_size"],
             multiple=STACK_SETTINGS["multiple"],
             clip=STACK_SETTINGS["qsm_clip_sigma"],
@@ -166,7 +204,7 @@ if LEARN_EXPERIMENTS or APPLIED_CARD:
             mem_mb=lambda wc, attempt: LEARN["stack_mem_mb"] * attempt,
             runtime=10,
         shell:
-            "deepmir stack {params.channels} --mask {input.mask:q} {params.dseg} --out {output:q} "
+            "deepmir stack {params.channels} --mask {input.mask:q} {params.dseg} {params.region} --out {output:q} "
             "--pad-to {params.size} --pad-multiple {params.multiple} --qsm-clip-sigma {params.clip} > {log:q} 2>&1"
 
 

@@ -49,6 +49,16 @@ def register(sub):
     p.add_argument("--output", required=True, help="4D NIfTI: MNI x, y, z (mm) of every MEGRE voxel")
     p.set_defaults(func=run_mni_warp)
 
+    p = sub.add_parser("iron-region", help="where an iron deposit may lie, on the MEGRE grid: the brain "
+                                           "within a margin of the atlas's basal ganglia")
+    p.add_argument("--mask", required=True, help="brain mask on the MEGRE grid (the anat stage's)")
+    p.add_argument("--mask-json", required=True,
+                   help="its JSON; TemplateToMEGRE (x_MEGRE = M @ x_MNI) places the atlas (a T1w-based mask)")
+    p.add_argument("--atlas", default="", help="MNI atlas cache (.npz of `deepmir atlas`)")
+    p.add_argument("--margin-mm", type=float, default=3.0, help="margin around the basal ganglia (mm)")
+    p.add_argument("--output", required=True, help="uint8 mask NIfTI (1: an iron deposit may lie here)")
+    p.set_defaults(func=run_iron_region)
+
     p = sub.add_parser("atlas", help="build the MNI atlas (templates and atlases of the wheels) as .npz")
     p.add_argument("--out", required=True)
     p.set_defaults(func=lambda a: __import__("deepmir.synth.anatomy", fromlist=["x"]).head_model(a.out) and 0)
@@ -150,6 +160,27 @@ def run_mni_warp(args) -> int:
     syn = {k: v for k, v in (("iterations", args.iterations), ("working_mm", args.working_mm)) if v}
     coords, c_aff = template.warp_template_to_t1(t1, t1_aff, info["TemplateToT1w"], seed=args.seed, syn=syn)
     niio.save(args.output, template.coordinates_on_grid(coords, c_aff, xfm, ref.shape[:3], ref_aff), ref_aff)
+    return 0
+
+
+def run_iron_region(args) -> int:
+    from deepmir import regions
+    from deepmir.synth import anatomy
+    mask, aff = _load_image(args.mask, "brain mask")
+    if mask.ndim != 3:
+        raise InputError(args.mask, f"expected a 3D mask, found shape {mask.shape}")
+    info = niio.read_json(args.mask_json, "brain-mask JSON")
+    if "TemplateToMEGRE" not in info:
+        raise InputError(args.mask_json, "no TemplateToMEGRE (the mask was not placed in MNI space: "
+                                         "it needs a T1w-based brain mask)")
+    if not args.margin_mm >= 0:
+        raise InputError(args.mask_json, f"--margin-mm must be ≥ 0, got {args.margin_mm}")
+    to_mni = np.linalg.inv(np.asarray(info["TemplateToMEGRE"], float)) @ aff
+    ijk = np.argwhere(mask > 0)
+    region = np.zeros(mask.shape, np.uint8)
+    region[tuple(ijk.T)] = regions.iron_region(anatomy.head_model(args.atlas or None),
+                                               ijk @ to_mni[:3, :3].T + to_mni[:3, 3], args.margin_mm)
+    niio.save(args.output, region, aff, dtype=np.uint8)
     return 0
 
 

@@ -46,19 +46,23 @@ def _load_nifti(path, dtype=np.float32):
     return data, affine
 
 
-def save_stack(path, x, y, meta, affine, mask):
-    """Write a stack as an uncompressed .npz (atomically)."""
+def save_stack(path, x, y, meta, affine, mask, iron_region=None):
+    """Write a stack as an uncompressed .npz (atomically); ``mask`` and ``iron_region`` (where
+    an iron lesion may lie; optional) on the image grid."""
     arrays = {"x": x, "meta": np.array(json.dumps(meta)), "affine": np.asarray(affine, dtype=np.float64),
               "mask": np.asarray(mask, dtype=np.uint8)}
     if y is not None:
         arrays["y"] = y
+    if iron_region is not None:
+        arrays["iron_region"] = np.asarray(iron_region, dtype=np.uint8)
     with niio.atomic(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
     return Path(path)
 
 
 def load_stack(path, need_labels: bool = False) -> dict:
-    """A stack written by :func:`save_stack`: dict(x, y or None, meta, affine, mask)."""
+    """A stack written by :func:`save_stack`: dict(x, y or None, meta, affine, mask,
+    iron_region or None)."""
     p = _exists(path)
     try:
         with np.load(p, allow_pickle=False) as f:
@@ -72,6 +76,7 @@ def load_stack(path, need_labels: bool = False) -> dict:
     except Exception as err:
         raise InputError(p, f"not a readable stack ({err})") from None
     out.setdefault("y", None)
+    out.setdefault("iron_region", None)
     if need_labels and out["y"] is None:
         raise InputError(p, "stack has no labels (build it with --dseg)")
     return out
@@ -161,6 +166,13 @@ def cmd_stack(args) -> int:
         if not np.isfinite(lab).all() or (lab != np.round(lab)).any() or lab.min() < 0 or lab.max() > 255:
             raise InputError(args.dseg, "labels must be integers 0..255 (1 CMB, 2 iron deposit)")
         labels = lab.astype(np.uint8)
+    region = None
+    if args.iron_region:
+        region, aff = _load_nifti(args.iron_region)
+        if region.shape != mask.shape or not np.allclose(aff, m_aff, atol=1e-3):
+            raise InputError(args.iron_region, "iron-region mask is not on the brain mask's grid")
+        if not np.isin(np.unique(region), (0, 1)).all():
+            raise InputError(args.iron_region, "iron-region mask must contain only 0 and 1")
     axial, lr = axes_from_affine(m_aff)
     pad_to = _pad_size(args, [n for a, n in enumerate(mask.shape) if a != axial])
     x, y, meta = make_stack(channels, mask > 0, labels, axial, pad_to=pad_to,
@@ -174,7 +186,7 @@ def cmd_stack(args) -> int:
                                         f"{pad_to} (learn.slice_size) without cutting {cut} brain voxels: "
                                         f"raise it to at least {max(m.shape[1:])}, a multiple of 2^(depth−1), "
                                         f"or set it to null (fitted)")
-    save_stack(args.out, x, y, meta, m_aff, mask > 0)
+    save_stack(args.out, x, y, meta, m_aff, mask > 0, None if region is None else region > 0)
     return 0
 
 
@@ -278,7 +290,15 @@ def _volumes(stacks):
 
     return [{"x": x, "y": np.where((st["y"] == 1) | (st["y"] == 2), st["y"], 0).astype(np.uint8),
              "brain": restack(st["mask"].astype(bool), st["meta"], fill=False),
+             "iron_region": _iron_region(st),
              "voxel_size": stack_voxel_size(st["affine"], st["meta"])} for x, st in stacks]
+
+
+def _iron_region(st):
+    """The stack's iron region on the stack grid, or None (iron anywhere)."""
+    from deepmir.dataset import restack
+
+    return None if st.get("iron_region") is None else restack(st["iron_region"].astype(bool), st["meta"], fill=False)
 
 
 def _train_and_val_stacks(args):
@@ -385,7 +405,8 @@ def cmd_train(args) -> int:
 
 def _predict_patch(model, info, x, st, args):
     """Labels (3D) and probabilities (3D + class) of a patch-learner model at the operating
-    point chosen on its validation participants (threshold, minimum size per class)."""
+    point chosen on its validation participants (threshold, minimum size per class), iron
+    lesions kept to the stack's iron region when it has one."""
     from deepmir.dataset import restack, stack_voxel_size, unstack
     from deepmir.postprocess import lesions_from_probs
     from deepmir.predict import predict_brain_probs
@@ -397,7 +418,8 @@ def _predict_patch(model, info, x, st, args):
                                 tta=bool(info.get("tta")))
     op = {int(k): v for k, v in info["operating_point"].items()}
     labels = lesions_from_probs(np.moveaxis(probs, 1, 0), info["label_mode"], op,
-                                stack_voxel_size(st["affine"], meta), info.get("max_cmb_diameter_mm"), brain)
+                                stack_voxel_size(st["affine"], meta), info.get("max_cmb_diameter_mm"), brain,
+                                _iron_region(st))
     return unstack(labels, meta, fill=0), unstack(probs, meta, fill=0.0)
 
 
@@ -514,6 +536,9 @@ def register(subparsers) -> None:
     p.add_argument("--mask", required=True, metavar="PATH", help="brain mask NIfTI (0/1)")
     p.add_argument("--dseg", metavar="PATH", help="reference labels NIfTI (0 background, 1 CMB, 2 iron deposit); "
                                                   "omit for a participant to predict only")
+    p.add_argument("--iron-region", metavar="PATH",
+                   help="mask NIfTI (0/1) of where an iron deposit may lie (`deepmir iron-region`: the basal "
+                        "ganglia and a margin); the patch learner's iron lesions outside it become microbleeds")
     p.add_argument("--out", required=True, metavar="PATH", help="output stack (.npz)")
     p.add_argument("--pad-to", default="auto",
                    help="slice size after centred zero-padding / cropping, or auto: the in-plane matrix rounded "
