@@ -115,3 +115,40 @@ def test_census_and_mni_warp_refuse_missing_or_bad_files_in_one_line(tmp_path, c
     assert "bad.json: brain-mask JSON is not valid JSON" in err[2]
     assert "bad.txt: expected a 4×4 matrix" in err[3] and "chi.nii.gz: QSM not found" in err[4]
     assert not out.exists() and not tsv.exists()
+
+
+def test_iron_region_command_places_the_basal_ganglia_and_refuses_a_mask_without_mni(tmp_path, capsys):
+    """`deepmir iron-region` on a 2 mm grid laid out in MNI space (TemplateToMEGRE the
+    identity): the putamen is in, the thalamus and cortex out, outside the brain mask nothing;
+    a T1w-less mask JSON (no MNI placement) is refused in one line with no output."""
+    import json
+
+    from deepmir import niio, regions
+    from deepmir.cli import main
+
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    aff[:3, 3] = (-60, -70, -30)
+    shape = (61, 61, 41)
+    mask = np.zeros(shape, np.uint8)
+    mask[:, :, 5:] = 1
+    mpath = niio.save(tmp_path / "mask.nii.gz", mask, aff, dtype=np.uint8)
+    (tmp_path / "mask.json").write_text(json.dumps({"TemplateToMEGRE": np.eye(4).tolist()}))
+    out = tmp_path / "region.nii.gz"
+    assert main(["iron-region", "--mask", str(mpath), "--mask-json", str(tmp_path / "mask.json"),
+                 "--margin-mm", "3", "--output", str(out)]) == 0
+    region, _ = niio.load(out)
+    at = lambda mni: region[tuple(np.round((np.asarray(mni, float) - aff[:3, 3]) / 2).astype(int))]
+    assert at((-25, 0, 0)) == 1 and at((12, 12, 10)) == 1
+    assert at((10, -18, 8)) == 0 and at((40, 20, 40)) == 0
+    assert not region[:, :, :5].any()
+    hm = anatomy.head_model()
+    ijk = np.argwhere(mask > 0)
+    want = regions.iron_region(hm, ijk @ aff[:3, :3].T + aff[:3, 3], 3.0)
+    assert (region[tuple(ijk.T)] == want).all() and want.sum() > 1000
+    (tmp_path / "nomni.json").write_text(json.dumps({"method": "magnitude"}))
+    out2 = tmp_path / "region2.nii.gz"
+    assert main(["iron-region", "--mask", str(mpath), "--mask-json", str(tmp_path / "nomni.json"),
+                 "--output", str(out2)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nomni.json" in err[0] and "TemplateToMEGRE" in err[0]
+    assert not out2.exists()

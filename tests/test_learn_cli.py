@@ -191,6 +191,19 @@ def test_patch_learner_train_and_predict_at_its_operating_point(tmp_path):
     assert lab.shape == SHAPE and prob.shape == SHAPE + (3,) and np.allclose(lab.affine, AFFINE)
     mask = np.asarray(nib.load(tmp_path / "sub-c_mask.nii.gz").dataobj) > 0
     assert not np.asarray(lab.dataobj)[~mask].any()
+    # the same participant with an iron region: everywhere changes nothing, nowhere leaves no iron
+    p = {k: tmp_path / f"sub-c_{k}.nii.gz" for k in ("swi", "qsm", "mask", "dseg")}
+    got = {}
+    for name, value in (("all", 1), ("none", 0)):
+        region = niio.save(tmp_path / f"{name}.nii.gz", np.full(SHAPE, value, np.uint8), AFFINE, dtype=np.uint8)
+        assert run("stack", "--channel", f"SWI={p['swi']}", "--channel", f"QSM={p['qsm']}", "--mask", p["mask"],
+                   "--iron-region", region, "--out", tmp_path / f"{name}.npz", "--pad-to", 32) == 0
+        assert run("predict", "--model", out / "best.pt", "--stack", tmp_path / f"{name}.npz", "--out-labels",
+                   tmp_path / f"pred_{name}.nii.gz", "--threads", 1) == 0
+        got[name] = np.asarray(nib.load(tmp_path / f"pred_{name}.nii.gz").dataobj)
+    plain = np.asarray(lab.dataobj)
+    assert (got["all"] == plain).all() and not (got["none"] == 2).any()
+    assert (got["none"][plain == 1] == 1).all()
     assert run("train", "--train-stacks", stacks["sub-a"], "--val-stacks", stacks["sub-b"], "--label-mode",
                "cmb", "--out-dir", tmp_path / "bad", "--patch-json", '{"iterations": 0}') == 2
     assert run("train", "--train-stacks", stacks["sub-a"], "--val-stacks", stacks["sub-b"], "--label-mode",
@@ -216,6 +229,33 @@ def test_patch_learner_sigkill_then_resume_matches_uninterrupted(tmp_path):
     # the log's losses are the same too (only the seconds column differs)
     cols = lambda p: [r.split("\t")[:4] for r in (p / "log.tsv").read_text().splitlines()]  # noqa: E731
     assert cols(tmp_path / "full") == cols(killed)
+
+
+def test_stack_carries_the_iron_region(tmp_path):
+    """`deepmir stack --iron-region` keeps the mask on the stack (restacked as the brain mask);
+    a mask off the grid or not 0/1 is refused (exit 2); a stack without one has none."""
+    from deepmir.commands.learn import _iron_region, load_stack
+
+    p = participant(tmp_path, "sub-a", 0)
+    region = np.zeros(SHAPE, np.uint8)
+    region[10:20, 10:20, :] = 1
+    rpath = niio.save(tmp_path / "region.nii.gz", region, AFFINE, dtype=np.uint8)
+    out = tmp_path / "st.npz"
+    assert run("stack", "--channel", f"SWI={p['swi']}", "--mask", p["mask"], "--iron-region", rpath,
+               "--out", out, "--pad-to", 32) == 0
+    st = load_stack(out)
+    assert (st["iron_region"] == region).all()
+    from deepmir.dataset import restack
+    assert (_iron_region(st) == restack(region > 0, st["meta"], fill=False)).all()
+    assert run("stack", "--channel", f"SWI={p['swi']}", "--mask", p["mask"], "--out", tmp_path / "n.npz",
+               "--pad-to", 32) == 0
+    assert load_stack(tmp_path / "n.npz")["iron_region"] is None
+    bad = niio.save(tmp_path / "bad.nii.gz", region[:-1], AFFINE, dtype=np.uint8)
+    two = niio.save(tmp_path / "two.nii.gz", region * 2, AFFINE, dtype=np.uint8)
+    for r in (bad, two):
+        assert run("stack", "--channel", f"SWI={p['swi']}", "--mask", p["mask"], "--iron-region", r,
+                   "--out", tmp_path / "x.npz", "--pad-to", 32) == 2
+    assert not (tmp_path / "x.npz").exists()
 
 
 def test_stack_auto_size_fits_each_participant(tmp_path):

