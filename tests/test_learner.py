@@ -151,11 +151,11 @@ def test_loss_and_schedule():
 
 
 def test_lesions_from_probs_thresholds_sizes_and_cmb_bound():
-    probs = np.zeros((3, 4, 30, 30), np.float32)
+    probs = np.zeros((3, 4, 40, 40), np.float32)
     probs[0] = 1
     probs[1, 1, 2:4, 2:4], probs[0, 1, 2:4, 2:4] = 0.8, 0.2      # 4-voxel CMB
     probs[1, 1, 10, 10], probs[0, 1, 10, 10] = 0.8, 0.2          # 1-voxel CMB
-    probs[1, :, 15:29, 15:29], probs[0, :, 15:29, 15:29] = 0.9, 0.1   # huge "CMB": > 10 mm
+    probs[1, :, 15:37, 15:37], probs[0, :, 15:37, 15:37] = 0.9, 0.1   # huge "CMB": 15.5 mm > 12
     probs[2, 2, 5:8, 5:8], probs[0, 2, 5:8, 5:8] = 0.55, 0.45    # weak iron
     op = {1: {"threshold": 0.5, "min_size": 2}, 2: {"threshold": 0.5, "min_size": 1}}
     lab = pp.lesions_from_probs(probs, "multiclass", op, voxel_size=(1, 1, 1))
@@ -164,7 +164,8 @@ def test_lesions_from_probs_thresholds_sizes_and_cmb_bound():
     op[2]["threshold"] = 0.6
     assert not (pp.lesions_from_probs(probs, "multiclass", op, voxel_size=(1, 1, 1)) == 2).any()
     kept = pp.lesions_from_probs(probs, "multiclass", op, voxel_size=(1, 1, 1), max_cmb_diameter_mm=None)
-    assert (kept == 1).sum() == 4 + 4 * 14 * 14
+    assert (kept == 1).sum() == 4 + 4 * 22 * 22
+    assert pp.MAX_CMB_DIAMETER_MM == 12.0
 
 
 def test_iron_lesions_outside_the_iron_region_become_microbleeds():

@@ -83,7 +83,7 @@ class LearnerConfig:
     max_width: int | None = None
     thresholds: tuple = pp.DEFAULT_THRESHOLDS
     min_sizes: tuple = pp.DEFAULT_MIN_SIZES
-    max_cmb_diameter_mm: float | None = 10.0
+    max_cmb_diameter_mm: float | None = pp.MAX_CMB_DIAMETER_MM
     max_cmb_threshold: float | None = 0.5
 
     def __post_init__(self):
