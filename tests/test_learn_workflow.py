@@ -27,6 +27,7 @@ rule stub_upstream:
         qsm=out("qsm", "{{pid}}", "space-MEGRE_Chimap.nii.gz"),
         t2=out("anat", "{{pid}}", "space-MEGRE_T2w.nii.gz"),
         mask=out("anat", "{{pid}}", "space-MEGRE_desc-brain_mask.nii.gz"),
+        mask_json=out("anat", "{{pid}}", "space-MEGRE_desc-brain_mask.json"),
     shell: "touch {{output}}"
 
 rule all:
@@ -57,6 +58,7 @@ def test_default_demo_dag(tmp_path):
     # the schema's default experiments: the demo's pair (SWI and SWI+QSM, multi-class)
     assert n["stack"] == 4 and n["learn_split"] == 8 and n["learn_train"] == 8 and n["learn_predict"] == 8
     assert n["learn_splits_final"] == 2 and n["learn_lesion_counts"] == 2
+    assert n["iron_region"] == 4          # each participant's basal ganglia (+ margin), in its stack
 
 
 def test_one_fold_is_one_target(tmp_path):
@@ -76,7 +78,7 @@ def test_paper_experiments_gpu_and_custom(tmp_path):
     assert rc == 0, text
     n = job_counts(text)
     assert n["learn_train"] == 16 * 3 and n["learn_predict"] == 16 * 3 and n["stack"] == 3
-    assert n["learn_splits_final"] == 16
+    assert n["learn_splits_final"] == 16 and "iron_region" not in n   # the paper learner: no iron region
     # a GPU per training job
     (tmp_path / "b").mkdir()
     target = "results/learn/swiqsmt2Multi/fold-sub-001/best.pt"

@@ -19,10 +19,6 @@ def _anat_raw(wc):
     return anat_path(wc.pid, wc.contrast) or []
 
 
-def _anat_mask_uses_t1w(pid):
-    return bool(ANAT["brain_mask"]["use_t1w"]) and has_anat(pid, "T1w")
-
-
 def _anat_mask_inputs(wc):
     files = {"mag": out("inputs", wc.pid, "part-mag_MEGRE.nii.gz"),
              "info": out("inputs", wc.pid, "MEGRE.json")}

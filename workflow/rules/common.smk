@@ -201,6 +201,12 @@ def has_anat(pid, suffix):
     return anat_path(pid, suffix) is not None
 
 
+def _anat_mask_uses_t1w(pid):
+    """Whether the participant's brain mask is made from its T1w (and its JSON places the MNI
+    template); config["anat"] as validated by anat.smk or learn.smk."""
+    return bool(config["anat"]["brain_mask"]["use_t1w"]) and has_anat(pid, "T1w")
+
+
 def annotation_path(pid):
     """The participant's annotation dseg on the MEGRE grid, or None."""
     if SYNTHETIC:

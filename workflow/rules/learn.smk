@@ -19,6 +19,7 @@ from deepmir.modelcard import settings_mismatch as _settings_mismatch
 validate(config, "../schemas/learn.schema.yaml")
 validate(config, "../schemas/census.schema.yaml")
 validate(config, "../schemas/evaluate.schema.yaml")   # the matching rule the patch learner selects with
+validate(config, "../schemas/anat.schema.yaml")       # whether a brain mask places the atlas (iron region)
 
 LEARN = config["learn"]
 LEARN_EXPERIMENTS = LEARN["experiments"] if LEARN["enabled"] else {}
