@@ -124,9 +124,7 @@ def run_census(args) -> int:
     elif args.mni_xfm:
         m = _matrix(args.mni_xfm)
     elif args.mask_json:
-        info = niio.read_json(args.mask_json, "brain-mask JSON")
-        if "TemplateToMEGRE" in info:
-            m = np.linalg.inv(np.asarray(info["TemplateToMEGRE"], float))
+        m = _megre_to_mni(niio.read_json(args.mask_json, "brain-mask JSON"))
     if m is not None:
         to_mni = lambda x: np.asarray(x) @ m[:3, :3].T + m[:3, 3]
         atlas = anatomy.head_model(args.atlas or None)
@@ -163,19 +161,27 @@ def run_mni_warp(args) -> int:
     return 0
 
 
+def _megre_to_mni(mask_info: dict):
+    """x_MNI = M @ x_MEGRE (world mm) from a brain-mask JSON's TemplateToMEGRE, or None (a mask
+    not made from a T1w has no template fit)."""
+    if "TemplateToMEGRE" not in mask_info:
+        return None
+    return np.linalg.inv(np.asarray(mask_info["TemplateToMEGRE"], float))
+
+
 def run_iron_region(args) -> int:
     from deepmir import regions
     from deepmir.synth import anatomy
+    if not args.margin_mm >= 0:
+        raise InputError("--margin-mm", f"must be ≥ 0, got {args.margin_mm}")
     mask, aff = _load_image(args.mask, "brain mask")
     if mask.ndim != 3:
         raise InputError(args.mask, f"expected a 3D mask, found shape {mask.shape}")
-    info = niio.read_json(args.mask_json, "brain-mask JSON")
-    if "TemplateToMEGRE" not in info:
+    m = _megre_to_mni(niio.read_json(args.mask_json, "brain-mask JSON"))
+    if m is None:
         raise InputError(args.mask_json, "no TemplateToMEGRE (the mask was not placed in MNI space: "
                                          "it needs a T1w-based brain mask)")
-    if not args.margin_mm >= 0:
-        raise InputError(args.mask_json, f"--margin-mm must be ≥ 0, got {args.margin_mm}")
-    to_mni = np.linalg.inv(np.asarray(info["TemplateToMEGRE"], float)) @ aff
+    to_mni = m @ aff
     ijk = np.argwhere(mask > 0)
     region = np.zeros(mask.shape, np.uint8)
     region[tuple(ijk.T)] = regions.iron_region(anatomy.head_model(args.atlas or None),
