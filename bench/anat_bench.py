@@ -21,7 +21,7 @@ Usage:
     .venv/bin/python bench/anat_bench.py --scale paper --participants 0
     .venv/bin/python bench/anat_bench.py --scale demo --participants 0 --oblique-lps
     .venv/bin/python bench/anat_bench.py --participants 0 1 2 3 --sim-cache /tmp/anat-sim
-Extra ``deepmir n4`` options go after ``--n4``, e.g. ``--n4 --iterations 50 50 50``.
+Extra ``deepmir n4`` options go after ``--n4``, e.g. ``--n4 --config-json '{"n4": {"iterations": [50, 50, 50]}}'``.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from deepmir import anat, niio
 from deepmir.synth.cohort import simulate
 from deepmir.synth.config import settings
 
-WM_LABEL = 3  # deepmir.synth.anatomy.WM
+WM_LABEL = 3  # deepmir.atlas.head.WM
 
 
 def _vm_hwm_mb(pid):

@@ -2,9 +2,11 @@
 
 Each file that bench/chaos.py compares gets one SHA-256 of its *content* with the same
 meaning: a NIfTI's data array (dtype, shape, bytes) and affine, not its gzip stream; an .npz's
-arrays by name; JSON parsed and re-written with sorted keys; text and other files byte for
-byte. The jobs' logs, Snakemake benchmarks, the benchmark tables (wall times) and PNG figures
-are left out, as in chaos.py. Record a list before a refactor, run the same configuration
+arrays by name; JSON parsed and re-written with sorted keys; a torch checkpoint (.pt) by what
+it holds (tensors by dtype, shape and bytes, other values by repr), not its zip stream; text and
+other files byte for byte. Wall times are left out: the jobs' logs, Snakemake benchmarks, the
+benchmark tables and PNG figures (as in chaos.py), and a training log's or checkpoint's
+``seconds`` (the `seconds` column of a TSV, `seconds` entries of a checkpoint). Record a list before a refactor, run the same configuration
 after it on the same machine (floating-point results differ between CPUs), and check:
 
     .venv/bin/python bench/outputs_digest.py record results > before.tsv
@@ -30,6 +32,33 @@ def _array_bytes(h, a: np.ndarray) -> None:
     h.update(a.tobytes())
 
 
+def _object_bytes(h, x) -> None:
+    """A checkpoint's content, in a fixed order; wall times (``seconds``) left out."""
+    import torch
+
+    if isinstance(x, dict):
+        for k in sorted(x, key=str):
+            if k != "seconds":
+                h.update(repr(k).encode())
+                _object_bytes(h, x[k])
+    elif isinstance(x, (list, tuple)):
+        h.update(f"{type(x).__name__}{len(x)}".encode())
+        for v in x:
+            _object_bytes(h, v)
+    elif torch.is_tensor(x):
+        _array_bytes(h, x.detach().cpu().numpy())
+    else:
+        h.update(repr(x).encode())
+
+
+def _tsv_without_seconds(text: str) -> str:
+    rows = [line.split("\t") for line in text.splitlines()]
+    if not rows or "seconds" not in rows[0]:
+        return text
+    i = rows[0].index("seconds")
+    return "\n".join("\t".join(r[:i] + r[i + 1:]) for r in rows)
+
+
 def digest(path: Path) -> str:
     """SHA-256 of one file's content (the module docstring says what counts)."""
     h = hashlib.sha256()
@@ -45,6 +74,11 @@ def digest(path: Path) -> str:
                 _array_bytes(h, z[k])
     elif name.endswith(".json"):
         h.update(json.dumps(json.loads(path.read_text()), sort_keys=True).encode())
+    elif name.endswith(".pt"):
+        import torch
+        _object_bytes(h, torch.load(path, map_location="cpu", weights_only=True))
+    elif name.endswith(".tsv"):
+        h.update(_tsv_without_seconds(path.read_text()).encode())
     else:
         h.update(path.read_bytes())
     return h.hexdigest()

@@ -162,7 +162,7 @@ def print_timing(res, dev):
 
 
 def print_accuracy(d, res):
-    from deepmir.evaluate import qsm_accuracy
+    from deepmir.evaluate.metrics import qsm_accuracy
 
     m = d["mask"]
     vox = float(np.prod(d["vs"]))

@@ -18,7 +18,8 @@ from pathlib import Path
 
 CHILD = r"""
 import sys, time, json, resource
-from deepmir.synth import anatomy, write
+from deepmir.atlas import head as anatomy
+from deepmir.synth import write
 from deepmir.synth.config import settings
 cfg = settings({"scale": sys.argv[1], "n_participants": int(sys.argv[3]) + 1})
 anatomy.head_model(sys.argv[4])
@@ -48,7 +49,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "head_model.npz"
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", f"from deepmir.synth import anatomy; anatomy.head_model({str(cache)!r})"],
+        subprocess.run([sys.executable, "-c", f"from deepmir.atlas import head; head.head_model({str(cache)!r})"],
                        check=True)
         build = time.perf_counter() - t
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load "

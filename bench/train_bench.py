@@ -5,14 +5,14 @@ time, and (with stacks) the time each needs to reach a validation lesion-wise F1
     .venv/bin/python bench/train_bench.py --device cuda          # one GPU (AMP on and off)
     .venv/bin/python bench/train_bench.py --f1-train A.npz B.npz --f1-val C.npz [--budget-s 900]
 
-**Throughput.** ``default`` is the patch learner (``deepmir.learner``) with its default
+**Throughput.** ``default`` is the patch learner (``deepmir.learn.learner``) with its default
 settings (``learn.patch``: patch size, 2.5D context of 2 modalities × 3 slices, the compact
 U-Net, batch size; the table prints them), patches drawn by its sampler (lesion
 oversampling, flips) — patches/s includes the sampling.
 ``paper`` is the study's network on full 256² slices (depth 6, width 64, 3 channels, batch
-16) with the study's augmentation rendered per batch (``deepmir.augment``). Both: Adam(W)
+16) with the study's augmentation rendered per batch (``deepmir.learn.augment``). Both: Adam(W)
 steps on random data after warm-up steps; FLOPs from the convolutions
-(``deepmir.unet.flops_per_slice`` × 3 for a training step), the fraction of the chip's dense
+(``deepmir.learn.unet.flops_per_slice`` × 3 for a training step), the fraction of the chip's dense
 bf16 peak on CUDA. A paper fold is projected from the paper epoch: 17 training participants ×
 ~25 labelled slices × 44 augmented copies (multi-class) × 2 (as many unlabelled) ≈ 37 000
 slices + 6 validation participants likewise (forward only) × 30 epochs.
@@ -35,11 +35,12 @@ import time
 import numpy as np
 import torch
 
-from deepmir.augment import AugmentConfig, make_plan, render
-from deepmir.learner import LearnerConfig, train_patches, train_step
-from deepmir.patches import PatchSampler
-from deepmir.train import amp_settings, build_model, loss_fn, resolve_device
-from deepmir.unet import flops_per_slice
+from deepmir.device import pick_device as resolve_device  # noqa: E402
+from deepmir.learn.augment import AugmentConfig, make_plan, render
+from deepmir.learn.learner import LearnerConfig, train_patches, train_step
+from deepmir.learn.patches import PatchSampler
+from deepmir.learn.train import amp_settings, build_model, loss_fn
+from deepmir.learn.unet import flops_per_slice
 
 # dense peak TFLOP/s by GPU name fragment (bf16/fp16 tensor cores, no sparsity)
 PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0,
@@ -162,7 +163,8 @@ def paper_throughput(dev, amp, steps, warmup, batch=None) -> dict:
 
 def time_to_f1(train_paths, val_paths, dev, budget_s, val_every, target=0.8) -> list[dict]:
     """Both networks trained by the patch learner's loop until validation F1 ≥ target."""
-    from deepmir.commands.learn import _labelled_stacks, _volumes
+    from deepmir.learn.stack import labelled_stacks as _labelled_stacks
+    from deepmir.learn.stack import volumes as _volumes
 
     tr, ref = _labelled_stacks(train_paths, None)
     tv, vv = _volumes(tr), _volumes(_labelled_stacks(val_paths, list(ref[0]))[0])

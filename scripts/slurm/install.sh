@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install Debian's SLURM daemons, client commands and munge (for the real-SLURM test,
-# tests/test_slurm.py). Needs root and apt-get; does nothing when they are installed already.
+# tests/workflow/test_slurm.py). Needs root and apt-get; does nothing when they are installed already.
 # It installs packages only: no daemon is started here (scripts/slurm/start.sh does that).
 set -euo pipefail
 need=()

@@ -19,3 +19,10 @@ def b0_direction(affine: np.ndarray) -> np.ndarray:
 
 def voxel_sizes(affine: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0)
+
+
+def axial_axis(affine) -> int:
+    """The array axis closest to the scanner z axis (world RAS/LPS third coordinate)."""
+    a = np.asarray(affine, dtype=float)[:3, :3]
+    cols = a / np.linalg.norm(a, axis=0)
+    return int(np.argmax(np.abs(cols[2])))

@@ -8,6 +8,7 @@ every output of the block is written, so a failure leaves none of them.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -22,6 +23,7 @@ import numpy as np
 from deepmir.errors import InputError, OutputError
 
 NIFTI_EXTENSIONS = (".nii", ".nii.gz")
+_serial = itertools.count()           # two writes of one path in a process get two names
 _pending: list | None = None        # (temporary, final) renames of the open together() block
 
 
@@ -66,6 +68,66 @@ def load(path, dtype=np.float32):
     return np.asarray(img.dataobj, dtype=dtype), img.affine.copy()
 
 
+def load_image(path, what: str = "image", ndim=(3,), dtype=np.float32):
+    """(array, affine) of a NIfTI input, or a one-line InputError naming the file: missing or
+    not a regular file, not readable as NIfTI, a non-finite or singular affine, or not
+    ``ndim``-dimensional (a trailing axis of length 1 is dropped to reach 3D)."""
+    p = regular_file(path, what)
+    try:
+        data, aff = load(p, dtype=dtype)
+    except Exception as err:  # nibabel raises many kinds
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise InputError(path, f"cannot read {what} as NIfTI ({type(err).__name__}: {first})") from None
+    if not np.all(np.isfinite(aff)):
+        raise InputError(path, f"{what} has a non-finite affine")
+    if abs(np.linalg.det(aff[:3, :3])) < 1e-9:
+        raise InputError(path, f"{what} has a singular affine (zero voxel size or no orientation)")
+    if data.ndim == 4 and 3 in ndim and 4 not in ndim and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim not in ndim:
+        raise InputError(path, f"{what} must be {' or '.join(f'{n}D' for n in ndim)}, "
+                               f"got shape {tuple(data.shape)}")
+    return data, aff
+
+
+def check_nifti_name(path, option: str) -> None:
+    """A one-line InputError, before any work, when an output that must be NIfTI is not named
+    so (None: the output is not asked for)."""
+    if path and not str(path).endswith(NIFTI_EXTENSIONS):
+        raise InputError(path, f"{option} must end in .nii or .nii.gz")
+
+
+def check_grid(path, shape, affine, ref_shape, ref_affine, what: str = "image", atol: float = 1e-3):
+    """A one-line InputError when an input is not on a reference grid (the first three axes
+    and the affine within ``atol`` mm)."""
+    if tuple(shape[:3]) != tuple(ref_shape[:3]):
+        raise InputError(path, f"{what} shape {tuple(shape[:3])} differs from {tuple(ref_shape[:3])}")
+    if not np.allclose(affine, ref_affine, atol=atol):
+        raise InputError(path, f"{what} is not on the same grid (affines differ by up to "
+                               f"{np.abs(np.asarray(affine) - ref_affine).max():.4g} mm)")
+
+
+def read_matrix(path) -> np.ndarray:
+    """A 4×4 RAS-mm transform from a text file, or a one-line InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "transform: file not found")
+    try:
+        m = np.loadtxt(path, ndmin=2)
+    except ValueError as err:
+        raise InputError(path, f"transform: not a numeric 4×4 text matrix ({err})")
+    if m.shape != (4, 4) or not np.all(np.isfinite(m)):
+        raise InputError(path, f"transform: expected a finite 4×4 matrix, got shape {m.shape}")
+    if not np.allclose(m[3], [0, 0, 0, 1], atol=1e-6):
+        raise InputError(path, "transform: the last row must be 0 0 0 1")
+    return m
+
+
+def write_matrix(path, m) -> Path:
+    """A 4×4 RAS-mm matrix as text (the synthetic truth's format), atomically."""
+    return write_text(path, "\n".join(" ".join(f"{v:.9g}" for v in row) for row in np.asarray(m)) + "\n")
+
+
 def sidecar_path(nifti) -> Path:
     """The JSON sidecar of a NIfTI path (BIDS: the same name with .json)."""
     p = Path(nifti)
@@ -82,7 +144,7 @@ def atomic(path):
     """Yield a temporary path beside ``path`` to write; renamed onto ``path`` when the block
     succeeds (at the end of an enclosing :func:`together`), removed when it fails."""
     path = Path(path)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp = path.with_name(f".tmp-{os.getpid()}-{next(_serial)}-{path.name}")
     kept = False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +186,7 @@ def together():
 def _remove_stale(path: Path):
     """Temporary files of this output left by a writer that was killed (kill -9): one job
     writes an output, so any other process's temporary file of it is stale."""
-    stale = re.compile(rf"\.tmp-(?!{os.getpid()}-)\d+-{re.escape(path.name)}")
+    stale = re.compile(rf"\.tmp-(?!{os.getpid()}-)\d+-\d+-{re.escape(path.name)}")
     for p in path.parent.iterdir():
         if stale.fullmatch(p.name):
             _remove(p)
@@ -155,6 +217,18 @@ def save(path, data, affine, dtype=None):
     with atomic(path) as tmp:
         nib.save(img, str(tmp))
     return path
+
+
+def save_all(images, sidecars=()) -> None:
+    """Every (path, array, affine) NIfTI and (path, dict) JSON sidecar (a path None: not
+    asked for), together: all of them appear, or none."""
+    with together():
+        for path, arr, aff in images:
+            if path:
+                save(path, arr, aff)
+        for path, obj in sidecars:
+            if path:
+                write_json(path, obj)
 
 
 def write_text(path, text: str | bytes):

@@ -5,6 +5,7 @@
 #   anat_brainmask MEGRE (+ N4 T1w, xfm) -> space-MEGRE_desc-brain_mask (+ .json with `method`)
 # A participant without a T1w gets the magnitude-only mask; without a T2w, no space-MEGRE_T2w.
 
+import json
 import shlex
 
 validate(config, "../schemas/anat.schema.yaml")
@@ -29,15 +30,10 @@ def _anat_mask_inputs(wc):
 
 
 def _anat_mask_options(wc, input):
-    b = ANAT["brain_mask"]
-    opts = (f"--margin-mm {b['margin_mm']} --min-rel-signal {b['min_rel_signal']} "
-            f"--close-mm {b['close_mm']} --working-mm {b['working_mm']} "
-            f"--smooth-mm {b['smooth_mm']} --open-mm {b['open_mm']} "
-            f"--mag-close-mm {b['mag_close_mm']} --threshold-scale {b['threshold_scale']} "
-            f"--seed {ANAT['registration']['seed']}")
     if "t1w" in input.keys():
-        opts = f"--t1w {shlex.quote(input.t1w)} --xfm {shlex.quote(input.xfm)} " + opts
-    return opts
+        return f"--t1w {shlex.quote(input.t1w)} --xfm {shlex.quote(input.xfm)}"
+    return ""
+
 
 
 def anat_outputs(pid):
@@ -61,14 +57,9 @@ rule anat_n4:
     wildcard_constraints:
         contrast="T1w|T2w",
     params:
-        shrink_factor=ANAT["n4"]["shrink_factor"],
-        iterations=" ".join(str(i) for i in ANAT["n4"]["iterations"]),
-        tol=ANAT["n4"]["tol"],
-        spline_distance=ANAT["n4"]["spline_distance_mm"],
-        mask=ANAT["n4"]["mask"],
-        crop_mm=ANAT["n4"]["crop_mm"],
+        cfg=settings_json(ANAT, "n4"),
     conda:
-        "../envs/base.yaml"
+        "../envs/ants.yaml"
     log:
         log_path("anat/n4_{contrast}", "{pid}"),
     benchmark:
@@ -79,10 +70,7 @@ rule anat_n4:
         runtime=ANAT["runtime"],
     shell:
         "deepmir n4 --input {input:q} --output {output.image:q} --bias {output.bias:q} "
-        "--shrink-factor {params.shrink_factor} --iterations {params.iterations} "
-        "--tol {params.tol} --spline-distance {params.spline_distance} --mask {params.mask} "
-        "--crop-mm {params.crop_mm} "
-        "--threads {threads} > {log:q} 2>&1"
+        "--config-json {params.cfg:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule anat_register:
@@ -101,17 +89,9 @@ rule anat_register:
     wildcard_constraints:
         contrast="T1w|T2w",
     params:
-        fixed=ANAT["registration"]["fixed"],
-        metric=ANAT["registration"]["metric"],
-        bins=ANAT["registration"]["bins"],
-        sampling_rate=ANAT["registration"]["sampling_rate"],
-        iterations=" ".join(str(i) for i in ANAT["registration"]["iterations"]),
-        finest_mm=ANAT["registration"]["finest_mm"],
-        init=ANAT["registration"]["init"],
-        interpolation=ANAT["registration"]["interpolation"],
-        seed=ANAT["registration"]["seed"],
+        cfg=settings_json(ANAT, "registration"),
     conda:
-        "../envs/base.yaml"
+        "../envs/ants.yaml"
     log:
         log_path("anat/register_{contrast}", "{pid}"),
     benchmark:
@@ -124,11 +104,7 @@ rule anat_register:
         "deepmir register --moving {input.image:q} --mag {input.mag:q} --info {input.info:q} "
         "--xfm {output.xfm:q} --output {output.image:q} --qc {output.qc:q} "
         "--title '{wildcards.pid} {wildcards.contrast} on MEGRE' "
-        "--fixed {params.fixed} --metric {params.metric} --bins {params.bins} "
-        "--sampling-rate {params.sampling_rate} --iterations {params.iterations} "
-        "--finest-mm {params.finest_mm} --init {params.init} "
-        "--interpolation {params.interpolation} --seed {params.seed} --threads {threads} "
-        "> {log:q} 2>&1"
+        "--config-json {params.cfg:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule anat_brainmask:
@@ -144,8 +120,10 @@ rule anat_brainmask:
                   subcategory="{pid}"),
     params:
         options=_anat_mask_options,
+        cfg=json.dumps({"brain_mask": ANAT["brain_mask"], "registration": {"seed": ANAT["registration"]["seed"]}},
+                       sort_keys=True),
     conda:
-        "../envs/base.yaml"
+        "../envs/ants.yaml"
     log:
         log_path("anat/brainmask", "{pid}"),
     benchmark:
@@ -157,7 +135,8 @@ rule anat_brainmask:
     shell:
         "deepmir brainmask --mag {input.mag:q} --info {input.info:q} {params.options} "
         "--output {output.mask:q} --json {output.json:q} --qc {output.qc:q} "
-        "--title '{wildcards.pid} brain mask' --threads {threads} > {log:q} 2>&1"
+        "--title '{wildcards.pid} brain mask' --config-json {params.cfg:q} --threads {threads} "
+        "> {log:q} 2>&1"
 
 
 PARTICIPANT_TARGETS += [f for pid in PIDS for f in anat_outputs(pid)]

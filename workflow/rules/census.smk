@@ -4,10 +4,11 @@
 # per participant with cohort tables. With `census.model` set, that trained model is applied
 # and nothing is trained (a new BIDS dataset without annotations works).
 import importlib.metadata as _metadata
+import json
 
 from deepmir import __version__ as _deepmir_version
-from deepmir.folds import train_val_split as _train_val_split
-from deepmir.modelcard import channel_settings as _channel_settings
+from deepmir.learn.folds import train_val_split as _train_val_split
+from deepmir.learn.modelcard import channel_settings as _channel_settings
 
 CENSUS = config["census"]   # validated (defaults filled) in learn.smk
 
@@ -47,6 +48,8 @@ if _FINAL_TRAINABLE:
             pids=learn_participants(CENSUS_EXP),
             seed=LEARN["seed"],
             val_fraction=CENSUS["val_fraction"],
+        conda:
+            "../envs/base.yaml"
         log:
             OUT + "/logs/final/split.log",
         shell:
@@ -67,6 +70,8 @@ if _FINAL_TRAINABLE:
             channels=CENSUS_SPEC["channels"],
             options=_train_options,
         threads: LEARN["threads"]
+        conda:
+            "../envs/torch.yaml"
         log:
             OUT + "/logs/final/train.log",
         benchmark:
@@ -80,6 +85,7 @@ if _FINAL_TRAINABLE:
             "--label-mode {params.labels} --channels {params.channels:q} {params.options} "
             "--threads {threads} --out-dir {params.dir:q} > {log:q} 2>&1"
 
+    # run: no conda: env (Snakemake runs a run: body in its own process)
     rule final_model_card:
         """What applying the model needs: channels, label mode, stack settings, training config
         and (patch learner) the operating point chosen on its validation participants."""
@@ -118,9 +124,10 @@ if CENSUS_APPLIED:
             dseg=out("apply", "{pid}", f"space-MEGRE_desc-{CENSUS_EXP}_dseg.nii.gz"),
             probseg=out("apply", "{pid}", f"space-MEGRE_desc-{CENSUS_EXP}_probseg.nii.gz"),
         params:
-            threshold=LEARN["threshold"],
-            device=LEARN["device"],
+            cfg=settings_json(LEARN, "threshold", "device"),
         threads: LEARN["threads"]
+        conda:
+            "../envs/torch.yaml"
         log:
             log_path("apply", "{pid}"),
         benchmark:
@@ -153,9 +160,10 @@ if CENSUS_APPLIED:
         output:
             _mni_coords("{pid}"),
         params:
-            iterations=" ".join(str(i) for i in CENSUS["syn_iterations"]),
-            working_mm=CENSUS["syn_working_mm"],
+            cfg=settings_json(CENSUS, "syn_iterations", "syn_working_mm"),
         threads: 2
+        conda:
+            "../envs/ants.yaml"
         log:
             log_path("mni_warp", "{pid}"),
         benchmark:
@@ -166,7 +174,7 @@ if CENSUS_APPLIED:
         shell:
             "deepmir mni-warp --t1w {input.t1w:q} "
             "--mask-json {input.mask_json:q} --xfm {input.xfm:q} --ref {input.mask:q} "
-            "--iterations {params.iterations} --working-mm {params.working_mm} --threads {threads} "
+            "--config-json {params.cfg:q} --threads {threads} "
             "--output {output:q} > {log:q} 2>&1"
 
     rule census:
@@ -184,16 +192,17 @@ if CENSUS_APPLIED:
             qc=report(f"{OUT}/report/census/{{pid}}_lesions.png", caption="../report/census_qc.rst",
                       category="Census", subcategory="{pid}"),
         params:
-            keep=("" if CENSUS["exclude_calcifications"] else "--keep-calcifications")
-            + ("" if CENSUS["exclude_veins"] else " --keep-veins"),
+            cfg=settings_json(CENSUS, "exclude_calcifications", "exclude_veins"),
             placement=lambda wc, input: f"--mni-coords {shlex.quote(input.mni_coords)}" if "mni_coords" in input.keys() else "",
+        conda:
+            "../envs/ants.yaml"
         log:
             log_path("census", "{pid}"),
         benchmark:
             bench_path("census", "{pid}")
         shell:
             "deepmir census --labels {input.dseg:q} --probs {input.probseg:q} --chi {input.chi:q} "
-            "--swi {input.swi:q} --mask-json {input.mask_json:q} {params.placement} --atlas {input.atlas:q} {params.keep} "
+            "--swi {input.swi:q} --mask-json {input.mask_json:q} {params.placement} --atlas {input.atlas:q} --config-json {params.cfg:q} "
             "--qc {output.qc:q} --output {output.tsv:q} > {log:q} 2>&1"
 
     rule cohort_table:
@@ -204,6 +213,8 @@ if CENSUS_APPLIED:
             table=report(f"{OUT}/report/census/cohort_census.tsv", caption="../report/census_table.rst",
                          category="Census"),
             summary=f"{OUT}/report/census/cohort_summary.md",
+        conda:
+            "../envs/base.yaml"
         log:
             OUT + "/logs/census/cohort.log",
         shell:
@@ -222,6 +233,8 @@ rule benchmark_table:
     output:
         tsv=f"{OUT}/report/benchmarks.tsv",
         md=report(f"{OUT}/report/benchmarks.md", caption="../report/benchmarks.rst", category="Benchmarks"),
+    conda:
+        "../envs/base.yaml"
     log:
         OUT + "/logs/report/benchmarks.log",
     params:

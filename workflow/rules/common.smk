@@ -8,13 +8,13 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate as _smk_validate
 
-from deepmir import bids as _bids
+from deepmir.inputs import bids as _bids
 from deepmir.configkeys import schema_keys as _schema_keys
 from deepmir.configkeys import schema_paths as _schema_paths
 from deepmir.configkeys import unknown_key_message as _unknown_key_message
 from deepmir.configkeys import unknown_keys as _unknown_keys
 from deepmir.errors import InputError
-from deepmir.modelcard import read_model_card as _read_model_card
+from deepmir.learn.modelcard import read_model_card as _read_model_card
 from deepmir.synth.config import ATLAS_CODE_FILES as _ATLAS_CODE_FILES
 from deepmir.synth.config import code_digest as _synth_code_digest
 from deepmir.synth.config import settings as _synth_settings
@@ -96,6 +96,9 @@ for _key, _value in (("output_dir", config["output_dir"]), ("bids_dir", config.g
 # jobs call the `deepmir` command of the environment that runs Snakemake (.venv/bin when
 # started as .venv/bin/snakemake), unless --sdm conda gives each rule its env from workflow/envs/
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+# --sdm conda: each env's post-deploy script installs deepmir from this checkout (with --no-deps;
+# a relative path in an env file would be read from .snakemake/conda/, which moves with --directory)
+os.environ.setdefault("DEEPMIR_SOURCE", os.path.dirname(os.path.realpath(workflow.basedir)))
 
 
 def _applied_model_card():
@@ -167,6 +170,13 @@ else:
     except InputError as _err:
         sys.exit(f"deepmir: error: {_err}")
     ANNOTATED = [p for p in PIDS if RECORDS[p].annotation is not None]
+
+
+def settings_json(section: dict, *keys) -> str:
+    """The keys of a config section that a rule's command reads, as the rule's --config-json
+    (deepmir.settings fills in the rest from the schema). Only these: a change to another key
+    of the section does not re-run the rule."""
+    return json.dumps({k: section[k] for k in keys}, sort_keys=True)
 
 
 def out(stage, pid, name):

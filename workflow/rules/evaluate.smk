@@ -6,9 +6,10 @@
 # {channels: [SWI, QSM, T2], labels: cmb|iron|union|multiclass}. They are read lazily (input
 # functions), so this file works whichever rule file is included first; with no experiment
 # (or learn.enabled false) the report is written with empty tables.
+import json
 import shlex
 
-from deepmir.commands.evaluate import aggregate_output_names as _aggregate_output_names
+from deepmir.evaluate.summary import aggregate_output_names as _aggregate_output_names
 
 validate(config, "../schemas/evaluate.schema.yaml")
 
@@ -29,10 +30,6 @@ def _eval_experiments():
         exps[name] = {"modalities": "+".join(channels), "channels": channels,
                       "mode": spec.get("labels") or spec.get("label_mode")}
     return exps
-
-
-def _prediction(experiment, pid):
-    return f"{OUT}/learn/{experiment}/fold-{pid}/{pid}_space-MEGRE_desc-{experiment}_dseg.nii.gz"
 
 
 def _metrics(experiment, pid):
@@ -91,7 +88,7 @@ def _overlay_images(pid):
 
 def _overlay_inputs(wildcards):
     exp = _overlay_experiment()
-    return {"pred": _prediction(exp, wildcards.pid), "ref": annotation_path(wildcards.pid),
+    return {"pred": learn_prediction(exp, wildcards.pid), "ref": annotation_path(wildcards.pid),
             **_overlay_images(wildcards.pid), **_mimic_inputs(wildcards.pid)}
 
 
@@ -145,7 +142,7 @@ rule evaluate_participant:
     evaluate.qsm_rule also the CMB rows after the QSM rule (calcification and vein candidates
     dropped)."""
     input:
-        unpack(lambda wc: {"pred": _prediction(wc.experiment, wc.pid),
+        unpack(lambda wc: {"pred": learn_prediction(wc.experiment, wc.pid),
                            "ref": annotation_path(wc.pid), **_mimic_inputs(wc.pid),
                            **_qsm_rule_inputs(wc.experiment, wc.pid)}),
     output:
@@ -153,13 +150,13 @@ rule evaluate_participant:
     params:
         modalities=lambda wc: _eval_experiments()[wc.experiment]["modalities"],
         mode=lambda wc: _eval_experiments()[wc.experiment]["mode"],
-        tol_cmb=EVAL["tolerance"]["cmb"],
-        tol_iron=EVAL["tolerance"]["iron"],
-        unit=EVAL["tolerance_unit"],
+        cfg=settings_json(EVAL, "tolerance", "tolerance_unit"),
         mimics=lambda wc, input: _mimic_args(input),
         rule=lambda wc, input: f"--qsm-rule-chi {shlex.quote(input.chi)}" if "chi" in input.keys() else "",
     wildcard_constraints:
         experiment=r"[A-Za-z0-9]+",
+    conda:
+        "../envs/base.yaml"
     log:
         log_path("evaluate/{experiment}", "{pid}"),
     resources:
@@ -168,8 +165,8 @@ rule evaluate_participant:
     shell:
         "deepmir evaluate --pred {input.pred:q} --ref {input.ref:q} --mode {params.mode:q} "
         "--participant {wildcards.pid:q} --experiment {params.modalities:q} "
-        "--run {wildcards.experiment:q} --tol-cmb {params.tol_cmb} --tol-iron {params.tol_iron} "
-        "--tol-unit {params.unit} {params.mimics} {params.rule} --out {output:q} > {log:q} 2>&1"
+        "--run {wildcards.experiment:q} --config-json {params.cfg:q} "
+        "{params.mimics} {params.rule} --out {output:q} > {log:q} 2>&1"
 
 
 rule evaluate_aggregate:
@@ -182,9 +179,9 @@ rule evaluate_aggregate:
         [_aggregate_output(n) for n in _aggregate_output_names()],
     params:
         out_dir=REPORT,
-        baseline=EVAL["baseline"],
-        quantile=EVAL["outlier_quantile"],
-        scale=EVAL["outlier_scale"],
+        cfg=settings_json(EVAL, "baseline", "outlier_quantile", "outlier_scale"),
+    conda:
+        "../envs/base.yaml"
     log:
         OUT + "/logs/evaluate/aggregate.log",
     resources:
@@ -192,8 +189,7 @@ rule evaluate_aggregate:
         runtime=10,
     shell:
         "deepmir aggregate --metrics {input:q} --out-dir {params.out_dir:q} "
-        "--baseline {params.baseline:q} --outlier-quantile {params.quantile} "
-        "--outlier-scale {params.scale} > {log:q} 2>&1"
+        "--config-json {params.cfg:q} > {log:q} 2>&1"
 
 
 rule evaluate_overlay:
@@ -209,8 +205,9 @@ rule evaluate_overlay:
                                           for k in ("SWI", "QSM", "T2") if k in input.keys()),
         mimics=lambda wc, input: _mimic_args(input),
         title=lambda wc: f"{wc.pid}: {_overlay_experiment()}",
-        n_slices=EVAL["overlay"]["n_slices"],
-        tol=EVAL["tolerance"]["cmb"],
+        cfg=json.dumps({"tolerance": EVAL["tolerance"], "overlay": {"n_slices": EVAL["overlay"]["n_slices"]}}, sort_keys=True),
+    conda:
+        "../envs/base.yaml"
     log:
         OUT + "/logs/evaluate/overlay_{pid}.log",
     resources:
@@ -218,7 +215,7 @@ rule evaluate_overlay:
         runtime=5,
     shell:
         "deepmir overlay {params.images} --pred {input.pred:q} --ref {input.ref:q} {params.mimics} "
-        "--tolerance {params.tol} --n-slices {params.n_slices} --title {params.title:q} "
+        "--config-json {params.cfg:q} --title {params.title:q} "
         "--out {output:q} > {log:q} 2>&1"
 
 
@@ -239,6 +236,8 @@ if _QSM_TABLE:
             lesions=truth_path("{pid}", "lesions.tsv"),
         output:
             out("evaluate", "{pid}", "desc-qsm_accuracy.tsv"),
+        conda:
+            "../envs/base.yaml"
         log:
             log_path("evaluate/qsm", "{pid}"),
         resources:
@@ -259,6 +258,8 @@ if _QSM_TABLE:
             tsv=report(f"{REPORT}/qsm_accuracy.tsv", caption="../report/evaluate_qsm_accuracy.rst",
                        category="Tables", subcategory="QSM accuracy"),
             md=f"{REPORT}/qsm_accuracy.md",
+        conda:
+            "../envs/base.yaml"
         log:
             OUT + "/logs/evaluate/qsm_table.log",
         shell:
@@ -280,6 +281,8 @@ rule report:
         report_dir=REPORT,
         qsm=lambda wc, input: f"--qsm-table {shlex.quote(input.qsm[0])}" if input.qsm else "",
         tolerances=_TOL_TEXT,
+    conda:
+        "../envs/base.yaml"
     log:
         OUT + "/logs/report/summary.log",
     shell:

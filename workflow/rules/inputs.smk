@@ -51,7 +51,7 @@ rule montage:
             ("t2w", anat_path(wc.pid, "T2w")), ("labels", annotation_path(wc.pid)),
             ("xfm", truth_path(wc.pid, "from-T2w_to-MEGRE_xfm.txt") if SYNTHETIC else None)) if v),
     conda:
-        "../envs/base.yaml"
+        "../envs/ants.yaml"
     log:
         log_path("montage", "{pid}"),
     shell:

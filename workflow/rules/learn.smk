@@ -6,14 +6,15 @@
 # Helpers for other stages: learn_predictions(), learn_prediction(experiment, pid, kind),
 # LEARN_EXPERIMENTS, learn_participants(experiment).
 import functools as _functools
+import json
 import shlex
 from pathlib import Path
 
 from deepmir import niio as _niio
-from deepmir import nnunet as _nnunet
-from deepmir.folds import loo_folds as _loo_folds
-from deepmir.modelcard import channel_settings as _channel_settings
-from deepmir.modelcard import settings_mismatch as _settings_mismatch
+from deepmir.learn import nnunet as _nnunet
+from deepmir.learn.folds import loo_folds as _loo_folds
+from deepmir.learn.modelcard import channel_settings as _channel_settings
+from deepmir.learn.modelcard import settings_mismatch as _settings_mismatch
 
 
 validate(config, "../schemas/learn.schema.yaml")
@@ -148,8 +149,8 @@ def _train_outputs(folder, caption, category, subcategory):
 # the shell line of every prediction job (learn_predict and census's apply): the model's own
 # operating point for the patch learner, learn.threshold for the paper learner
 PREDICT_SHELL = ("deepmir predict --model {input.model:q} --stack {input.stack:q} --out-labels {output.dseg:q} "
-                 "--out-probs {output.probseg:q} --threshold {params.threshold} --device {params.device:q} "
-                 "--threads {threads} > {log:q} 2>&1")
+                 "--out-probs {output.probseg:q} --config-json {params.cfg:q} --threads {threads} > {log:q} 2>&1")
+
 
 
 if LEARN_EXPERIMENTS or APPLIED_CARD:
@@ -167,6 +168,8 @@ if LEARN_EXPERIMENTS or APPLIED_CARD:
                 iron_region_path("{pid}"),
             params:
                 margin=IRON_REGION_MM,
+            conda:
+                "../envs/base.yaml"
             log:
                 log_path("iron_region", "{pid}"),
             benchmark:
@@ -197,6 +200,8 @@ if LEARN_EXPERIMENTS or APPLIED_CARD:
             size=STACK_SETTINGS["slice_size"],
             multiple=STACK_SETTINGS["multiple"],
             clip=STACK_SETTINGS["qsm_clip_sigma"],
+        conda:
+            "../envs/base.yaml"
         log:
             log_path("stacks", "{pid}"),
         benchmark:
@@ -220,13 +225,14 @@ if LEARN_EXPERIMENTS:
             f"{_fold_dir()}/split.json",
         params:
             pids=lambda wc: learn_participants(wc.experiment),
-            seed=LEARN["seed"],
-            val_fraction=LEARN["val_fraction"],
+            cfg=settings_json(LEARN, "seed", "val_fraction"),
+        conda:
+            "../envs/base.yaml"
         log:
             log_path("learn", "{experiment}/fold-{pid}_split"),
         shell:
-            "deepmir folds --participants {params.pids:q} --seed {params.seed} "
-            "--val-fraction {params.val_fraction} --fold {wildcards.pid:q} --fold-out {output:q} > {log:q} 2>&1"
+            "deepmir folds --participants {params.pids:q} --config-json {params.cfg:q} "
+            "--fold {wildcards.pid:q} --fold-out {output:q} > {log:q} 2>&1"
 
     rule learn_splits_final:
         """All folds of an experiment in nnU-Net's splits_final.json format."""
@@ -234,13 +240,14 @@ if LEARN_EXPERIMENTS:
             f"{LEARN_DIR}/{{experiment}}/splits_final.json",
         params:
             pids=lambda wc: learn_participants(wc.experiment),
-            seed=LEARN["seed"],
-            val_fraction=LEARN["val_fraction"],
+            cfg=settings_json(LEARN, "seed", "val_fraction"),
+        conda:
+            "../envs/base.yaml"
         log:
             log_path("learn", "{experiment}/splits_final"),
         shell:
-            "deepmir folds --participants {params.pids:q} --seed {params.seed} "
-            "--val-fraction {params.val_fraction} --splits-final {output:q} > {log:q} 2>&1"
+            "deepmir folds --participants {params.pids:q} --config-json {params.cfg:q} "
+            "--splits-final {output:q} > {log:q} 2>&1"
 
     def nnunet_dataset(experiment):
         """The experiment's raw nnU-Net dataset folder (IDs from learn.nnunet_dataset_id on, in
@@ -272,6 +279,8 @@ if LEARN_EXPERIMENTS:
                                      [p, *(_channel_path(p, c) for c in LEARN_EXPERIMENTS[wc.experiment]["channels"]),
                                       annotation_path(p)])
                 for p in learn_participants(wc.experiment)),
+        conda:
+            "../envs/base.yaml"
         log:
             log_path("learn", "{experiment}/nnunet_Dataset{nid}"),
         shell:
@@ -284,39 +293,14 @@ if LEARN_EXPERIMENTS:
             lambda wc: [nnunet_dataset(e) for e in LEARN_EXPERIMENTS if _folds(e)],
 
     def _train_options(wildcards=None):
-        """The training command's options: the learner's settings (learn.patch as one JSON
-        value, or the paper learner's flags), the seed and the evaluation's matching rule
-        (the patch learner selects for lesion-wise F1 with it)."""
+        """The training command's settings: the learn section (learner, seed, learn.patch or the
+        paper learner's keys) and the evaluation's matching rule (the patch learner selects for
+        lesion-wise F1 with it)."""
         ev = config["evaluate"]
-        opts = [f"--learner {LEARN['learner']}", f"--seed {LEARN['seed']}", f"--device {shlex.quote(LEARN['device'])}",
-                f"--tol-cmb {ev['tolerance']['cmb']} --tol-iron {ev['tolerance']['iron']} "
-                f"--tol-unit {ev['tolerance_unit']}"]
-        if not LEARN["keep_last_checkpoint"]:
-            opts.append("--drop-last")
-        if LEARN["learner"] == "patch":
-            return " ".join(opts + [f"--patch-json {shlex.quote(json.dumps(LEARN['patch'], sort_keys=True))}"])
-        m, a = LEARN["model"], LEARN["augment"]
-        opts += [f"--epochs {LEARN['epochs']}", f"--batch-size {LEARN['batch_size']}", f"--lr {LEARN['lr']}",
-                 f"--depth {m['depth']}", f"--base-width {m['base_width']}"]
-        if m["max_width"] is not None:
-            opts.append(f"--max-width {m['max_width']}")
-        if not m["head_relu"]:
-            opts.append("--no-head-relu")
-        if not m["prior_bias"]:
-            opts.append("--no-prior-bias")
-        if LEARN["fg_weight"] != 1:
-            opts.append(f"--fg-weight {LEARN['fg_weight']}")
-        if not a["enabled"]:
-            opts.append("--no-augment")
-        else:
-            for key in ("n_translations", "n_rotations", "max_shift", "min_angle", "max_angle", "unlabelled_ratio"):
-                if a[key] is not None:
-                    opts.append(f"--{key.replace('_', '-')} {a[key]}")
-            if not a["flip"]:
-                opts.append("--no-flip")
-            if not a["validation"]:
-                opts.append("--no-augment-val")
-        return " ".join(opts)
+        keys = ["learner", "seed", "device", "keep_last_checkpoint"] + (
+            ["patch"] if LEARN["learner"] == "patch" else ["epochs", "batch_size", "lr", "fg_weight", "model", "augment"])
+        return (f"--config-json {shlex.quote(settings_json(LEARN, *keys))} --tol-cmb {ev['tolerance']['cmb']} "
+                f"--tol-iron {ev['tolerance']['iron']} --tol-unit {ev['tolerance_unit']}")
 
     rule learn_train:
         """Train one fold's U-Net (learn.learner): the patch learner keeps the iteration and the
@@ -335,6 +319,8 @@ if LEARN_EXPERIMENTS:
             channels=lambda wc: LEARN_EXPERIMENTS[wc.experiment]["channels"],
             options=_train_options,
         threads: LEARN["threads"]
+        conda:
+            "../envs/torch.yaml"
         log:
             log_path("learn", "{experiment}/fold-{pid}_train"),
         benchmark:
@@ -357,9 +343,10 @@ if LEARN_EXPERIMENTS:
             dseg=learn_prediction("{experiment}", "{pid}", "dseg"),
             probseg=learn_prediction("{experiment}", "{pid}", "probseg"),
         params:
-            threshold=LEARN["threshold"],
-            device=LEARN["device"],
+            cfg=settings_json(LEARN, "threshold", "device"),
         threads: LEARN["threads"]
+        conda:
+            "../envs/torch.yaml"
         log:
             log_path("learn", "{experiment}/fold-{pid}_predict"),
         benchmark:
@@ -383,6 +370,8 @@ if LEARN_EXPERIMENTS:
         params:
             pids=lambda wc: list(_folds(wc.experiment)),
             labels=lambda wc: LEARN_EXPERIMENTS[wc.experiment]["labels"],
+        conda:
+            "../envs/base.yaml"
         log:
             log_path("learn", "{experiment}/lesion_counts"),
         shell:

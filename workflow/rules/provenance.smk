@@ -78,6 +78,7 @@ rule derivatives_participant:
 
 
 localrules: provenance, derivatives_participant     # file copies: no cluster job
+# (run: rules have no conda: env: Snakemake runs their Python in its own process)
 
 PARTICIPANT_TARGETS += [derivative(p, n) for p in PIDS for n in _deriv.PARTICIPANT_MAPS]
 ALL_TARGETS += [rules.provenance.output.description, rules.provenance.output.bidsignore,

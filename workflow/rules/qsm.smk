@@ -1,33 +1,12 @@
 # QSM and SWI from the multi-echo GRE (method.md §3–4): thin rules around `deepmir qsm-run`
-# and `deepmir swi`; numerics in deepmir.qsm and deepmir.swi (torch, GPU when configured).
+# and `deepmir swi`; numerics in deepmir.qsm and deepmir.swi.weighting (torch, GPU when configured).
 
-import shlex
+import json
 
 validate(config, "../schemas/qsm.schema.yaml")
 
 QSM = config["qsm"]
 SWI = config["swi"]
-
-
-def _qsm_options():
-    q = QSM
-    opts = [f"--unwrap {q['unwrap']}", f"--background {q['background']}",
-            f"--inversion {q['inversion']}", f"--lambda {q['lambda']}",
-            "--smv" if q["smv"] else "--no-smv", f"--smv-radius-mm {q['smv_radius_mm']}",
-            "--csf" if q["csf"] else "--no-csf", f"--lambda-csf {q['lambda_csf']}",
-            f"--csf-r2s-threshold {q['csf_r2s_threshold']}", f"--pdf-tol {q['pdf_tol']}",
-            f"--pdf-max-iter {q['pdf_max_iter']}",
-            f"--vsharp-max-radius-mm {q['vsharp_max_radius_mm']}",
-            f"--tkd-threshold {q['tkd_threshold']}", f"--medi-max-iter {q['medi_max_iter']}",
-            f"--medi-cg-max-iter {q['medi_cg_max_iter']}", f"--device {shlex.quote(q['device'])}",
-            f"--threads {q['threads']}", f"--mask-erode-mm {q['mask_erode_mm']}",
-            "--residual-weighting" if q["residual_weighting"] else "--no-residual-weighting",
-            f"--lambda-factor {q['lambda_factor']}", f"--edge-mm {q['edge_mm']}",
-            f"--missing-weight {q['missing_weight']}",
-            f"--missing-min-mm3 {q['missing_min_mm3']}",
-            "--medi-precondition" if q["medi_precondition"] else "--no-medi-precondition"]
-    opts.append("--merit" if q["merit"] else "--no-merit")
-    return " ".join(opts)
 
 
 rule qsm:
@@ -49,7 +28,7 @@ rule qsm:
         qc=report(f"{OUT}/report/qsm/{{pid}}_qsm.png", caption="../report/qsm_qc.rst",
                   category="QSM", subcategory="{pid}"),
     params:
-        options=_qsm_options(),
+        cfg=json.dumps({k: v for k, v in QSM.items() if k not in ("mem_mb", "runtime", "gpu")}, sort_keys=True),
     conda:
         "../envs/torch.yaml"
     log:
@@ -65,7 +44,7 @@ rule qsm:
         "deepmir qsm-run --mag {input.mag:q} --phase {input.phase:q} --json {input.json:q} "
         "--mask {input.mask:q} --chi {output.chi:q} --r2s {output.r2s:q} --field {output.field:q} "
         "--chi-tkd {output.chi_tkd:q} --chi-cfl2 {output.chi_cfl2:q} "
-        "--qc {output.qc:q} {params.options} > {log:q} 2>&1"
+        "--qc {output.qc:q} --config-json {params.cfg:q} > {log:q} 2>&1"
 
 
 rule swi:
@@ -80,9 +59,7 @@ rule swi:
         qc=report(f"{OUT}/report/swi/{{pid}}_swi.png", caption="../report/qsm_swi.rst",
                   category="SWI", subcategory="{pid}"),
     params:
-        window=SWI["window"],
-        power=SWI["power"],
-        minip=SWI["minip_slices"],
+        cfg=settings_json(SWI, "window", "power", "minip_slices"),
     conda:
         "../envs/torch.yaml"
     log:
@@ -95,8 +72,7 @@ rule swi:
     shell:
         "deepmir swi --mag {input.mag:q} --phase {input.phase:q} --json {input.json:q} "
         "--output {output.swi:q} --minip {output.minip:q} --qc {output.qc:q} "
-        "--window {params.window} --power {params.power} --minip-slices {params.minip} "
-        "--device cpu > {log:q} 2>&1"
+        "--config-json {params.cfg:q} --device cpu > {log:q} 2>&1"
 
 
 PARTICIPANT_TARGETS += expand(rules.qsm.output.chi, pid=PIDS) + expand(rules.swi.output.swi, pid=PIDS)

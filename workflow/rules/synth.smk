@@ -27,7 +27,7 @@ if SYNTHETIC:
             bids_dir=BIDS,
             annotations=ANNOTATIONS,
         conda:
-            "../envs/base.yaml"
+            "../envs/torch.yaml"
         log:
             OUT + "/logs/synth/dataset.log",
         shell:
@@ -41,7 +41,7 @@ if SYNTHETIC:
             bids_dir=BIDS,
             cfg=json.dumps(config.get("synth") or {}),
         conda:
-            "../envs/base.yaml"
+            "../envs/torch.yaml"
         log:
             OUT + "/logs/synth/participants.log",
         shell:
@@ -64,7 +64,7 @@ if SYNTHETIC:
             bids_dir=BIDS,
             annotations=ANNOTATIONS,
         conda:
-            "../envs/base.yaml"
+            "../envs/torch.yaml"
         log:
             log_path("synth", "{pid}"),
         benchmark:

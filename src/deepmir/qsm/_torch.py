@@ -5,14 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deepmir.device import pick_device
 from deepmir.dipole import fast_len
-
-
-def resolve_device(device=None) -> torch.device:
-    """None: the CPU (a numerics function computes where it is told to); anything else as
-    :func:`deepmir.device.pick_device` reads it (``auto``: CUDA when available)."""
-    return torch.device("cpu") if device is None else pick_device(device)
 
 
 def as_float(a, device, dtype=torch.float32) -> torch.Tensor:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from deepmir.device import pick_device
 from deepmir.dipole import dipole_kernel, fast_len
 
-from ._torch import (as_bool, as_float, cg, check_voxel_size, resolve_device,
-                     sphere_kernel_k, to_numpy)
+from ._torch import as_bool, as_float, cg, check_voxel_size, sphere_kernel_k, to_numpy
 
 
 def _bbox_crop(mask: np.ndarray, n_pad: int):
@@ -44,7 +44,7 @@ def pdf(field, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), noise_std=None, tol: fl
     the fitted background field (everywhere on the crop), "iterations", "relres"}``.
     """
     vs = check_voxel_size(voxel_size)
-    dev = resolve_device(device)
+    dev = pick_device(device)
     m_np = np.asarray(mask) != 0
     sl, grid = _bbox_crop(m_np, n_pad)
     f = _pad_to(as_float(np.asarray(field)[sl], dev), grid)
@@ -94,7 +94,7 @@ def vsharp(field, mask, voxel_size, radii_mm=None, threshold: float = 0.05,
     mask eroded by the smallest radius)}``.
     """
     vs = check_voxel_size(voxel_size)
-    dev = resolve_device(device)
+    dev = pick_device(device)
     if radii_mm is None:
         radii_mm = np.arange(12.0, 0.5, -1.0)
     radii = sorted((float(r) for r in radii_mm), reverse=True)

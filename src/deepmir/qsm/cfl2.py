@@ -15,17 +15,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from deepmir.device import pick_device
 from deepmir.dipole import dipole_kernel, kspace_grid
 
-from ._torch import (
-    as_float,
-    check_voxel_size,
-    embed,
-    padded_grid,
-    resolve_device,
-    to_numpy,
-    unembed,
-)
+from ._torch import as_float, check_voxel_size, embed, padded_grid, to_numpy, unembed
 
 
 def gradient_power(grid, voxel_size, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -103,7 +96,7 @@ def cfl2(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), alpha: float
     :data:`ALPHAS`. Returns ``{"chi": ppm, zero outside the mask, "alpha": the weight used,
     "l_curve": the :func:`l_curve` dict or None}``."""
     vs = check_voxel_size(voxel_size)
-    dev = resolve_device(device)
+    dev = pick_device(device)
     m_np = np.asarray(mask) != 0
     sl, grid = padded_grid(m_np, int(margin), even=True)
     f = embed(as_float(np.nan_to_num(np.asarray(local_field_ppm, np.float32)) * m_np, dev),

@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._torch import as_float, resolve_device, to_numpy
+from deepmir.device import pick_device
+
+from ._torch import as_float, to_numpy
 
 
 def _check_echoes(mag, phase, te):
@@ -73,7 +75,7 @@ def fit_multi_echo(mag, phase, te, sigma=None, max_iter: int = 30, rel_tol: floa
             full[sel] = sub[k][:, 0, 0]
             out[k] = full
         return out
-    dev = resolve_device(device)
+    dev = pick_device(device)
     shape = mag.shape[:3]
     ne = te.size
     dt = float(te[1] - te[0])
@@ -174,7 +176,7 @@ def r2star_map(mag, te, mask=None, weighted: bool = True, device=None) -> np.nda
     te = np.asarray(te, dtype=np.float64).reshape(-1)
     if mag.ndim != 4 or mag.shape[-1] != te.size or te.size < 2:
         raise ValueError(f"expected (X, Y, Z, {te.size}) magnitudes, got {mag.shape}")
-    dev = resolve_device(device)
+    dev = pick_device(device)
     shape = mag.shape[:3]
     a = as_float(mag, dev).reshape(-1, te.size)
     t = torch.as_tensor(te - te.mean(), dtype=torch.float32, device=dev)  # centred: stable

@@ -16,10 +16,10 @@ import torch
 from scipy import ndimage
 
 from deepmir import GAMMA_BAR_HZ_PER_T
+from deepmir.device import pick_device
 from deepmir.dipole import dipole_kernel, kspace_grid
 
-from ._torch import (as_float, cg, check_voxel_size, fgrad, padded_grid,
-                     embed, unembed, resolve_device, sphere_ball, to_numpy)
+from ._torch import as_float, cg, check_voxel_size, embed, fgrad, padded_grid, sphere_ball, to_numpy, unembed
 
 
 def ppm_to_rad(delta_te: float, b0_tesla: float) -> float:
@@ -257,7 +257,7 @@ def medi_l1(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude
     """
     t0, c0 = time.perf_counter(), time.process_time()
     vs = check_voxel_size(voxel_size)
-    dev = resolve_device(device)
+    dev = pick_device(device)
     m_np = np.asarray(mask) != 0
     full_shape = m_np.shape
     sl, grid = _crop(m_np, int(margin))
@@ -380,7 +380,7 @@ def tkd(local_field_ppm, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), threshold: fl
     of χ is undetermined). Units follow the field (ppm in, ppm out); zero outside the mask.
     """
     vs = check_voxel_size(voxel_size)
-    dev = resolve_device(device)
+    dev = pick_device(device)
     m_np = np.asarray(mask) != 0
     sl, grid = padded_grid(m_np, int(margin))
     f = embed(as_float(np.nan_to_num(np.asarray(local_field_ppm, np.float32)) * m_np, dev),

@@ -52,3 +52,15 @@ def lcurve_lambda(chi_cfl2, alpha: float, mask, voxel_size, delta_te: float,
     mu = float(factor) / (float(alpha) * g)
     return {"lambda": mu / ppm_to_rad(delta_te, b0_tesla), "lambda_ppm": mu,
             "alpha": float(alpha), "gradient_ppm_per_mm": g, "factor": float(factor)}
+
+
+def describe(info: dict, prefix: str) -> str:
+    """The log line (with its newline) of the λ a reconstruction used (``info``: its sidecar),
+    or '' without MEDI."""
+    if "lambda" not in info:
+        return ""
+    how = ("L-curve rule: CFL2 corner α {cfl2_alpha_mm2:.3g} mm², gradient scale "
+           "{cfl2_gradient_ppm_per_mm:.3g} ppm/mm, factor {lambda_factor:g}".format(**info)
+           if info.get("lambda_rule") == "lcurve" else "fixed")
+    return (f"{prefix}: MEDI λ = {info['lambda']:.4g} (toolbox units; {info['lambda_ppm']:.4g}"
+            f" per ppm·mm, independent of TE and B0), {how}\n")

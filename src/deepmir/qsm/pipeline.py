@@ -12,9 +12,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 
 from deepmir import GAMMA_BAR_HZ_PER_T
+from deepmir.device import pick_device
+from deepmir.qsm.defaults import DEFAULTS  # noqa: E402  (torch-free, for the CLI)
 
 from .background import pdf, vsharp
 from .cfl2 import cfl2
@@ -23,10 +24,6 @@ from .inversion import erode_mask, extract_csf_mask, medi_l1, ppm_to_rad, tkd
 from .lambda_rule import lcurve_lambda
 from .unwrap import unwrap_laplacian, unwrap_region_growing, unwrap_weighted
 from .weights import effective_noise, inflate_noise, lesion_cores, missing_voxels
-
-from deepmir.qsm.defaults import DEFAULTS  # noqa: E402  (torch-free, for the CLI)
-from deepmir.device import pick_device
-
 
 # laplacian_weighted: a voxel whose phase noise per echo spacing is above this (radians) is left
 # out of the unwrapping's links (its wrapped differences to its neighbours are then often
@@ -49,7 +46,7 @@ def _setup(params, device, mask, what):
     """DEFAULTS updated by ``params``, the torch device, and the mask as bool (non-empty)."""
     p = dict(DEFAULTS)
     p.update(params or {})
-    dev = pick_device(device) if not isinstance(device, torch.device) else device
+    dev = pick_device(device)
     m = np.asarray(mask) != 0
     if not m.any():
         raise ValueError(f"{what} is empty")

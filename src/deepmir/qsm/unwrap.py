@@ -6,7 +6,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ._torch import as_float, cg, check_voxel_size, resolve_device, to_numpy
+from deepmir.device import pick_device
+
+from ._torch import as_float, cg, check_voxel_size, to_numpy
 
 TWO_PI = 2.0 * np.pi
 
@@ -58,7 +60,7 @@ def unwrap_laplacian(wrapped, voxel_size, magnitude=None, mask=None,
     if w.ndim != 3:
         raise ValueError(f"expected a 3D or 4D phase, got shape {w.shape}")
     vs = check_voxel_size(voxel_size)
-    dev = resolve_device(device)
+    dev = pick_device(device)
     phi = as_float(np.nan_to_num(w), dev)
     mk = None if mask is None else as_float(np.asarray(mask) != 0, dev)
     u = _poisson_neumann(_link_laplacian(phi, mk, vs, wrap=True), vs, dev)
@@ -130,7 +132,7 @@ def unwrap_weighted(wrapped, voxel_size, reliable, magnitude=None, tol: float = 
     ``{"iterations", "relres"}`` of the solve.
     """
     vs = check_voxel_size(voxel_size)
-    dev = resolve_device(device)
+    dev = pick_device(device)
     phi = as_float(np.nan_to_num(np.asarray(wrapped, dtype=np.float32)), dev)
     rel = as_float(np.asarray(reliable) != 0, dev)
     # the normal equations A u = b: A = −(Laplacian over the reliable links), b = −(that

@@ -3,15 +3,15 @@
 A participant is a pure function of (synth config, seed, participant index)."""
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import torch
 from scipy import ndimage as ndi
 
-from deepmir import GAMMA_BAR_HZ_PER_T, regions
+from deepmir import GAMMA_BAR_HZ_PER_T
+from deepmir.atlas import head as A
+from deepmir.atlas import regions
 from deepmir.dipole import b0_direction, dipole_field, voxel_sizes
-from deepmir.synth import anatomy as A
 from deepmir.synth import tissue as T
 from deepmir.synth import vessels as V
 from deepmir.synth.phantom import LABEL_OF_CLASS, draw_participant, render, rigid

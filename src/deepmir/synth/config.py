@@ -115,9 +115,9 @@ def settings(user: dict | None = None) -> dict:
 
 
 # the modules a synthetic participant is a function of (besides the settings and the seed)
-CODE_FILES = ("synth/*.py", "regions.py", "dipole.py", "niio.py", "__init__.py")
+CODE_FILES = ("synth/*.py", "atlas/head.py", "atlas/regions.py", "dipole.py", "niio.py", "__init__.py")
 # what the MNI atlas / head-model file (`deepmir atlas`) is built by
-ATLAS_CODE_FILES = ("synth/anatomy.py", "regions.py")
+ATLAS_CODE_FILES = ("atlas/head.py", "atlas/regions.py")
 
 
 def code_digest(root: Path | None = None, files=CODE_FILES) -> str:
@@ -128,6 +128,9 @@ def code_digest(root: Path | None = None, files=CODE_FILES) -> str:
     root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
     h = hashlib.sha1()
     for pattern in files:
-        for f in sorted(root.glob(pattern)):
+        found = sorted(root.glob(pattern))
+        if not found:       # a moved or renamed module must not silently leave the digest
+            raise FileNotFoundError(f"code_digest: no source file matches {pattern!r} under {root}")
+        for f in found:
             h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:12]

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from deepmir import regions
-from deepmir.synth import anatomy as A
+from deepmir.atlas import head as A
+from deepmir.atlas import regions
 
 LESION_CLASSES = ["cmb", "iron", "vein", "calcification", "epvs"]
 LABEL_OF_CLASS = {"cmb": 1, "iron": 2, "vein": 0, "calcification": 0, "epvs": 0}
@@ -150,7 +150,7 @@ def draw_participant(rng: np.random.Generator, cfg: dict) -> Participant:
 
 def region_margin_mm(cfg) -> float:
     """How far (mm) the centre of a labelled lesion's sampling voxel stays from every census
-    region boundary (:func:`deepmir.regions.region_volume`): half the diagonal of a GRE voxel
+    region boundary (:func:`deepmir.atlas.regions.region_volume`): half the diagonal of a GRE voxel
     (closer than that, the lesion's centre lies in a voxel that straddles two regions, so its
     region is not defined at the resolution the census reads) plus √3/2 mm, the most the
     ±0.5 mm jitter of :func:`_pick` moves a centre off its voxel."""

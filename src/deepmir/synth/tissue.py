@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from deepmir.atlas import head as A
 from deepmir.dipole import fast_len, kspace_grid
-from deepmir.synth import anatomy as A
 
 # within-structure susceptibility variation (ppm, standard deviation of the texture): in
 # vivo COSMOS / multi-orientation maps vary by ≈ 0.01 ppm inside white and cortical grey

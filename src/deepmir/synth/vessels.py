@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepmir.synth import anatomy as A
+from deepmir.atlas import head as A
 
 CHI_BLOOD = 0.45
 R2S_BLOOD = 45.0

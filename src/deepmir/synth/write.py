@@ -110,21 +110,10 @@ def write_participant(root, cfg: dict, index: int, annotations: str = "annotatio
         niio.save(truth / f"{pid}_space-{name}_desc-brain_mask.nii.gz", a["brain"], a["affine"], np.uint8)
         if name == "T1w":
             niio.save(truth / f"{pid}_space-T1w_desc-tissue_dseg.nii.gz", a["tissue"], a["affine"], np.uint8)
-        _write_text(truth / f"{pid}_from-{name}_to-MEGRE_xfm.txt",
-                    "\n".join(" ".join(f"{v:.9g}" for v in row) for row in a["xfm_to_gre"]) + "\n")
+        niio.write_matrix(truth / f"{pid}_from-{name}_to-MEGRE_xfm.txt", a["xfm_to_gre"])
     _write_text(truth / f"{pid}_lesions.tsv", t["table"].to_csv(sep="\t", index=False, float_format="%.6g"))
     return pid
 
 
-def read_xfm(path) -> np.ndarray:
-    m = np.loadtxt(path)
-    if m.shape != (4, 4):
-        raise ValueError(f"{path}: expected a 4x4 matrix")
-    return m
-
-
 def _write_text(path: Path, text: str):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp-" + path.name)
-    tmp.write_text(text)
-    tmp.replace(path)
+    niio.write_text(path, text)

@@ -1,1 +1,0 @@
-"""Subcommands of ``deepmir``: one module each, with ``register(subparsers)``."""
