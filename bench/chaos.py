@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--n", type=int, default=20, help="interrupted runs")
-    p.add_argument("--config", type=Path, default=ROOT / "tests" / "slurm_config.yaml")
+    p.add_argument("--config", type=Path, default=ROOT / "tests" / "workflow" / "slurm_config.yaml")
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--work", type=Path, default=Path("chaos-work"), help="scratch folder (one sub-folder per run)")
     p.add_argument("--reference", type=Path, help="a finished uninterrupted run folder to reuse")

@@ -6,7 +6,7 @@ As root on Debian (apt-get), the module fixture installs Debian's slurmctld/slur
 (scripts/slurm/stop.sh; the teardown checks their pids are gone). Everywhere else the module is
 skipped, with the reason.
 
-- test_workflow_through_sbatch: tests/slurm_config.yaml (two tiny synthetic participants, every
+- test_workflow_through_sbatch: tests/workflow/slurm_config.yaml (two tiny synthetic participants, every
   stage the Snakefile includes) through `snakemake --profile profiles/slurm`; every job must have
   gone through sbatch (the SLURM job ids Snakemake reports are COMPLETED records of SLURM's
   jobcomp/filetxt log, with this run's job name).
