@@ -35,7 +35,6 @@ def _anat_mask_options(wc, input):
     return ""
 
 
-
 def anat_outputs(pid):
     """Everything the anatomical stage makes for one participant (targets of rule all)."""
     files = [out("anat", pid, "space-MEGRE_desc-brain_mask.nii.gz"),
