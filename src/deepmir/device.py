@@ -22,6 +22,12 @@ def pick_device(name=None) -> torch.device:
     return torch.device(name)
 
 
+def set_threads(n) -> None:
+    """CPU threads for torch (0 or None: torch's default)."""
+    if n:
+        torch.set_num_threads(int(n))
+
+
 def check_device(name, where) -> None:
     """A one-line InputError (naming ``where``) before any work when ``name`` is not a torch
     device, or asks for CUDA on a machine without it."""

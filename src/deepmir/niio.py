@@ -109,9 +109,7 @@ def check_grid(path, shape, affine, ref_shape, ref_affine, what: str = "image", 
 
 def read_matrix(path) -> np.ndarray:
     """A 4×4 RAS-mm transform from a text file, or a one-line InputError."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "transform: file not found")
+    path = regular_file(path, "transform")
     try:
         m = np.loadtxt(path, ndmin=2)
     except ValueError as err:

@@ -84,11 +84,11 @@ def test_settings_objects_are_the_schemas():
     from deepmir.learn import postprocess as pp
     from deepmir.learn.learner import LearnerConfig
     from deepmir.qsm.defaults import DEFAULTS as QSM
+    from deepmir.qsm.defaults import RESOURCES
 
     patch = settings.defaults("learn")["patch"]
     assert same(list(LearnerConfig().as_dict().items()), list(patch.items()))
-    assert QSM == {k: v for k, v in settings.read("qsm").items() if k not in ("device", "gpu", "threads",
-                                                                              "mem_mb", "runtime")}
+    assert QSM == {k: v for k, v in settings.read("qsm").items() if k not in RESOURCES}
     assert same(pp.DEFAULT_THRESHOLDS, patch["thresholds"]) and same(pp.DEFAULT_MIN_SIZES, patch["min_sizes"])
     assert pp.MAX_CMB_DIAMETER_MM == patch["max_cmb_diameter_mm"]
     assert same(template.DEFAULT_SYN["iterations"], DEFAULTS["census.syn_iterations"])

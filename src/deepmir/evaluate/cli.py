@@ -151,8 +151,8 @@ def run_summary(args) -> int:
 
     if not args.report_dir.is_dir():
         raise InputError(args.report_dir, "report folder not found")
-    if args.qsm_table is not None and not args.qsm_table.is_file():
-        raise InputError(args.qsm_table, "QSM table not found")
+    if args.qsm_table is not None:
+        niio.regular_file(args.qsm_table, "QSM table")
     niio.write_text(args.out, summary_markdown(args.report_dir, args.qsm_table, args.figures, args.tolerances))
     return 0
 

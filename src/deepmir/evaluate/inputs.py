@@ -41,8 +41,7 @@ def read_mimic_table(path: Path) -> pd.DataFrame:
     """Mimic labels of the mimic map: a TSV with ``index`` and ``name`` (BIDS dseg.tsv style)
     or the synthetic truth's ``lesions.tsv`` (``lesion_id``, ``cls``; its cmb/iron rows are
     not mimics and are dropped)."""
-    if not path.is_file():
-        raise InputError(path, "mimic table not found")
+    niio.regular_file(path, "mimic table")
     try:
         t = pd.read_csv(path, sep="\t")
     except Exception as err:

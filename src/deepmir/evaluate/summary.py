@@ -3,12 +3,10 @@ read and checked, Table 3 / S3.1, Wilcoxon tests and figures, the outlier analys
 accuracy table (method.md §6)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
-from deepmir import settings
+from deepmir import niio, settings
 from deepmir.errors import InputError
 
 _EVAL = settings.read("evaluate")      # the schema's evaluate defaults
@@ -26,9 +24,7 @@ def read_metrics(paths) -> pd.DataFrame:
     key_cols = ["participant", "experiment", "mode", "class"]
     numeric = [c for c in REQUIRED_COLUMNS if c != "participant"]
     for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(path, "metrics file not found")
+        path = niio.regular_file(path, "metrics file")
         try:
             df = pd.read_csv(path, sep="\t", na_values=["n/a"],
                              dtype={c: str for c in key_cols})
@@ -186,9 +182,8 @@ def aggregate_files(df: pd.DataFrame, baseline: str, quantile: float, scale: flo
 def read_qsm_accuracy(paths) -> pd.DataFrame:
     """The participants' qsm-accuracy TSVs as one table (checked readable)."""
     frames = []
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise InputError(path, "QSM accuracy file not found")
+    for path in paths:
+        niio.regular_file(path, "QSM accuracy file")
         try:
             frames.append(pd.read_csv(path, sep="\t", na_values=["n/a"]))
         except Exception as err:

@@ -23,13 +23,6 @@ from deepmir import niio, settings
 from deepmir.errors import InputError
 
 
-def _set_threads(n):
-    import torch
-
-    if n:
-        torch.set_num_threads(int(n))
-
-
 # ------------------------------------------------------------------------------- stack
 def cmd_stack(args) -> int:
     from deepmir.learn.dataset import make_stack
@@ -109,10 +102,11 @@ def cmd_train(args) -> int:
 
 # ------------------------------------------------------------------------------- predict
 def cmd_predict(args) -> int:
+    from deepmir.device import set_threads
     from deepmir.learn.predict import predict_stack_file
 
     cfg = settings.with_flags("learn", args, ("threshold", "device"))
-    _set_threads(args.threads)
+    set_threads(args.threads)
     labels, probs, affine = predict_stack_file(args.model, args.stack, cfg["threshold"], cfg["device"],
                                                args.batch_size, False if args.no_amp else None, not args.no_mask)
     niio.save(args.out_labels, labels, affine, dtype=np.uint8)

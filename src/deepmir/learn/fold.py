@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepmir.device import check_device
+from deepmir.device import check_device, set_threads
 from deepmir.errors import InputError
 from deepmir.learn.dataset import class_value
 from deepmir.learn.stack import gather, labelled_stacks, volumes
@@ -85,11 +85,8 @@ def _paper(stacks, cfg: dict, out: Path, info, run: dict):
 
 def _start(device, out: Path, threads) -> None:
     """Checked inputs, then the device checked and the CPU threads set: training begins."""
-    import torch
-
     check_device(device, out)
-    if threads:
-        torch.set_num_threads(int(threads))
+    set_threads(threads)
 
 
 def train_fold(train_paths, val_paths, label_mode: str, channels, cfg: dict, out: Path, tolerances: dict,

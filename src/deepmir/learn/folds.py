@@ -19,6 +19,17 @@ from deepmir.errors import InputError
 _D = settings.read("learn")["val_fraction"], settings.read("census")["val_fraction"]
 
 
+def _refuse(pids, val_fraction: float) -> None:
+    """ValueError unless the participants can make leave-one-out folds with a validation set."""
+    if len(set(pids)) != len(pids):
+        dup = sorted({p for p in pids if pids.count(p) > 1})
+        raise ValueError(f"participants listed more than once: {dup}")
+    if len(pids) < 3:
+        raise ValueError("leave-one-out with a validation set needs at least 3 participants")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+
+
 def _participant_key(pid: str) -> int:
     return int.from_bytes(hashlib.sha256(pid.encode("utf-8")).digest()[:8], "little")
 
@@ -28,13 +39,7 @@ def loo_folds(participants_with_labels: list[str], seed: int, val_fraction: floa
     ``dict(test=[p], train=[...], val=[...])`` (train and val sorted).
     The validation set has ``round(val_fraction · (n − 1))`` participants (at least 1)."""
     pids = [str(p) for p in participants_with_labels]
-    if len(set(pids)) != len(pids):
-        dup = sorted({p for p in pids if pids.count(p) > 1})
-        raise ValueError(f"participants listed more than once: {dup}")
-    if len(pids) < 3:
-        raise ValueError("leave-one-out with a validation set needs at least 3 participants")
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    _refuse(pids, val_fraction)
     pids = sorted(pids)
     folds = []
     for test in pids:
@@ -81,13 +86,11 @@ def read_participants(path) -> list[str]:
 
 def check_participants(pids, val_fraction: float, where) -> None:
     """A one-line InputError (naming ``where``) unless the participants can make leave-one-out
-    folds: no repeats, at least 3, ids usable as file names, 0 < val_fraction < 1."""
-    if len(set(pids)) != len(pids):
-        raise InputError(where, "participants listed more than once")
-    if len(pids) < 3:
-        raise InputError(where, "leave-one-out needs at least 3 participants")
+    folds (:func:`loo_folds`'s conditions) with ids usable as file names."""
+    try:
+        _refuse(pids, val_fraction)
+    except ValueError as err:
+        raise InputError(where, str(err)) from None
     bad = [p for p in pids if not re.fullmatch(r"[A-Za-z0-9_.\-]+", p)]
     if bad:
         raise InputError(where, f"participant ids unusable as file names: {bad}")
-    if not 0 < val_fraction < 1:
-        raise InputError(where, "--val-fraction must be between 0 and 1")

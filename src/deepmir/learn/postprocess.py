@@ -308,9 +308,6 @@ def mean_f1(op: dict) -> float:
 def lesion_counts(pred: np.ndarray, ref: np.ndarray, label_mode: str) -> list[dict]:
     """Per class of the experiment: lesions (26-connected components) in the reference, in the
     prediction, and reference lesions touched by a predicted voxel of the same class."""
-    from scipy import ndimage as ndi
-
-    from deepmir.learn.dataset import CMB, IRON
     from deepmir.learn.dataset import label_mode as map_labels
 
     classes = {"cmb": [("cmb", CMB)], "iron": [("iron", IRON)], "union": [("cmb+iron", CMB)],
@@ -323,8 +320,8 @@ def lesion_counts(pred: np.ndarray, ref: np.ndarray, label_mode: str) -> list[di
         ref_c, pred_c = r == value, pred == value
         if label_mode == "union":
             pred_c = pred > 0
-        lab_r, n_r = ndi.label(ref_c, structure=np.ones((3, 3, 3)))
-        _, n_p = ndi.label(pred_c, structure=np.ones((3, 3, 3)))
+        lab_r, n_r = ndimage.label(ref_c, structure=STRUCTURE_26)
+        _, n_p = ndimage.label(pred_c, structure=STRUCTURE_26)
         hit = len(set(np.unique(lab_r[pred_c & ref_c])) - {0})
         rows.append({"class": name, "n_true": int(n_r), "n_pred": int(n_p), "n_true_detected": hit})
     return rows

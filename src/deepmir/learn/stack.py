@@ -10,6 +10,7 @@ import numpy as np
 
 from deepmir import niio
 from deepmir.errors import InputError
+from deepmir.geometry import axial_axis
 
 STACK_KEYS = ("x", "meta", "affine", "mask")
 
@@ -54,7 +55,7 @@ def axes_from_affine(affine) -> tuple[int, int]:
     """(axial axis, left-right axis): the array axes closest to the scanner z and x axes."""
     m = np.asarray(affine, dtype=float)[:3, :3]
     cos = np.abs(m / np.linalg.norm(m, axis=0))
-    axial = int(np.argmax(cos[2]))
+    axial = axial_axis(affine)
     inplane = [a for a in range(3) if a != axial]
     lr = inplane[int(np.argmax(cos[0, inplane]))]
     return axial, lr
